@@ -1,0 +1,101 @@
+"""Codecs at the edge: bytes on Kafka to and from the core's dataclasses (orjson)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from typing import Any
+
+import orjson
+
+from streams.envelope import Accepted, Envelope, Rejected
+
+
+class NonFiniteNumberError(ValueError):
+    """The JSON text holds NaN, Infinity or a number too large for a double."""
+
+
+def _reject_constant(name: str) -> Any:
+    raise NonFiniteNumberError(name)
+
+
+def _checked_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise NonFiniteNumberError(text)
+    return value
+
+
+def loads(data: bytes) -> Any:
+    """Parse JSON; raise NonFiniteNumberError for NaN/inf, ValueError for anything else.
+
+    orjson refuses NaN and Infinity as it should, but then says only "invalid JSON"; the
+    standard library is asked a second time, on that rare path, to tell the two apart.
+    """
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"not UTF-8: {error.reason}") from None
+    try:
+        return json.loads(text, parse_constant=_reject_constant, parse_float=_checked_float)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"not JSON: {error.msg} at {error.pos}") from None
+    except RecursionError:
+        raise ValueError("not JSON: nested too deeply") from None
+
+
+def dumps(value: Any) -> bytes:
+    return orjson.dumps(value)
+
+
+def encode_valid(outcome: Accepted) -> bytes:
+    record = outcome.envelope.to_dict()
+    if outcome.original_version != outcome.envelope.schema_version:
+        record["upcast_from"] = outcome.original_version
+    return orjson.dumps(record)
+
+
+def decode_envelope(data: bytes) -> Envelope:
+    """Decode a record written by :func:`encode_valid` (trusted: it passed validation)."""
+    record = orjson.loads(data)
+    return Envelope(
+        event_id=record["event_id"],
+        schema=record["schema"],
+        schema_version=record["schema_version"],
+        entity_id=record["entity_id"],
+        event_time=record["event_time"],
+        payload=record["payload"],
+    )
+
+
+def encode_rejection(
+    outcome: Rejected,
+    original: bytes,
+    *,
+    source_topic: str,
+    partition: int,
+    offset: int,
+    rejected_at_ms: int,
+) -> bytes:
+    return orjson.dumps(
+        {
+            "reason": outcome.reason.value,
+            "detail": outcome.detail,
+            "event_id": outcome.event_id,
+            "entity_id": outcome.entity_id,
+            "source": {"topic": source_topic, "partition": partition, "offset": offset},
+            "rejected_at": rejected_at_ms,
+            "original_b64": base64.b64encode(original).decode("ascii"),
+        },
+    )
+
+
+def decode_rejection(data: bytes) -> dict[str, Any]:
+    record: dict[str, Any] = orjson.loads(data)
+    record["original"] = base64.b64decode(record.pop("original_b64"))
+    return record

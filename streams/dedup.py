@@ -1,0 +1,59 @@
+"""Deduplication by event id within an event-time horizon.
+
+The remembered ids live in a mapping the caller provides: a changelogged Faust table in
+the worker (so the memory survives a restart), a dict in tests. An in-memory heap orders
+the ids by event time so that expiry is explicit and cheap; after a restart it is rebuilt
+from the mapping with :meth:`Deduplicator.rebuild`.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, MutableMapping
+
+
+class Deduplicator:
+    def __init__(self, horizon_ms: int, store: MutableMapping[str, int]) -> None:
+        if horizon_ms <= 0:
+            raise ValueError("horizon_ms must be positive")
+        self.horizon_ms = horizon_ms
+        self._store = store
+        self._expiry: list[tuple[int, str]] = []
+        self._watermark: int | None = None
+
+    @property
+    def watermark(self) -> int | None:
+        """The highest event time remembered so far."""
+        return self._watermark
+
+    def __len__(self) -> int:
+        return len(self._expiry)
+
+    def is_duplicate(self, event_id: str) -> bool:
+        return event_id in self._store
+
+    def remember(self, event_id: str, event_time: int) -> list[str]:
+        """Record an accepted event; return the ids that fell out of the horizon."""
+        self._store[event_id] = event_time
+        heapq.heappush(self._expiry, (event_time, event_id))
+        if self._watermark is None or event_time > self._watermark:
+            self._watermark = event_time
+        return self.expire()
+
+    def expire(self) -> list[str]:
+        if self._watermark is None:
+            return []
+        cutoff = self._watermark - self.horizon_ms
+        expired: list[str] = []
+        while self._expiry and self._expiry[0][0] < cutoff:
+            event_time, event_id = heapq.heappop(self._expiry)
+            if self._store.get(event_id) == event_time:
+                del self._store[event_id]
+                expired.append(event_id)
+        return expired
+
+    def rebuild(self, items: Iterable[tuple[str, int]]) -> None:
+        """Re-index remembered ids, e.g. from a table recovered after a restart."""
+        self._expiry = [(event_time, event_id) for event_id, event_time in items]
+        heapq.heapify(self._expiry)
+        self._watermark = max((t for t, _ in self._expiry), default=self._watermark)

@@ -1,0 +1,62 @@
+"""The raw event envelope of DESIGN.md section 2, and the outcome of validating one."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+
+class Reason(StrEnum):
+    """Why an event went to the dead-letter topic. Stable codes: dashboards key on them."""
+
+    OVERSIZED = "oversized"
+    NOT_JSON = "not_json"
+    BAD_ENVELOPE = "bad_envelope"
+    UNKNOWN_SCHEMA = "unknown_schema"
+    MISSING_FIELD = "missing_field"
+    UNEXPECTED_FIELD = "unexpected_field"
+    BAD_TYPE = "bad_type"
+    OUT_OF_RANGE = "out_of_range"
+    NON_FINITE = "non_finite"
+    DUPLICATE = "duplicate"
+    OUTLIER = "outlier"
+    LATE = "late"
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    event_id: str
+    schema: str
+    schema_version: int
+    entity_id: str
+    event_time: int  # epoch milliseconds
+    payload: Mapping[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "event_id": self.event_id,
+            "schema": self.schema,
+            "schema_version": self.schema_version,
+            "entity_id": self.entity_id,
+            "event_time": self.event_time,
+            "payload": dict(self.payload),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    envelope: Envelope  # already upcast to the current version
+    original_version: int
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    reason: Reason
+    detail: str
+    event_id: str | None = None
+    entity_id: str | None = None
+
+
+Outcome = Accepted | Rejected

@@ -1,0 +1,88 @@
+"""Typed settings, read from environment variables at the edge.
+
+Every knob has a default that works with ``headrace infra up`` on loopback, so a worker
+needs no configuration on a developer machine and only ``HEADRACE_BROKER`` (and friends)
+when pointed at an existing cluster.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_SPEC = Path(__file__).resolve().parent / "domains" / "payments.toml"
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used."""
+
+
+@dataclass(frozen=True)
+class TopicNames:
+    raw: str = "events.raw"
+    valid: str = "events.valid"
+    rejected: str = "events.rejected"
+    features: str = "features"
+    predictions: str = "predictions"
+    labels: str = "labels"
+    model_events: str = "model.events"
+
+    def prefixed(self, prefix: str) -> TopicNames:
+        if not prefix:
+            return self
+        return TopicNames(
+            **{name: prefix + value for name, value in self.__dict__.items()},
+        )
+
+
+@dataclass(frozen=True)
+class Settings:
+    app_id: str = "headrace"
+    broker: str = "kafka://127.0.0.1:9092"
+    store: str = "rocksdb://"
+    data_dir: Path = REPO_ROOT / ".headrace" / "worker"
+    web_port: int = 6066
+    partitions: int = 4
+    spec_path: Path = DEFAULT_SPEC
+    topics: TopicNames = field(default_factory=TopicNames)
+    redis_url: str = "redis://127.0.0.1:6390/0"
+    s3_endpoint_url: str = "http://127.0.0.1:5055"
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """The broker list in the plain ``host:port,...`` form that aiokafka takes."""
+        return ",".join(url.split("://", 1)[-1] for url in self.broker.split(";"))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        defaults = cls()
+        prefix = env.get("HEADRACE_TOPIC_PREFIX", "")
+        return cls(
+            app_id=env.get("HEADRACE_APP_ID", defaults.app_id),
+            broker=env.get("HEADRACE_BROKER", defaults.broker),
+            store=env.get("HEADRACE_STORE", defaults.store),
+            data_dir=Path(env.get("HEADRACE_DATA_DIR", str(defaults.data_dir))),
+            web_port=_int(env, "HEADRACE_WEB_PORT", defaults.web_port, minimum=1),
+            partitions=_int(env, "HEADRACE_PARTITIONS", defaults.partitions, minimum=1),
+            spec_path=Path(env.get("HEADRACE_SPEC", str(defaults.spec_path))),
+            topics=TopicNames().prefixed(prefix),
+            redis_url=env.get("HEADRACE_REDIS_URL", defaults.redis_url),
+            s3_endpoint_url=env.get("HEADRACE_S3_ENDPOINT_URL", defaults.s3_endpoint_url),
+        )
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:
+    text = env.get(name)
+    if text is None or text == "":
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, got {text!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{name} must be >= {minimum}, got {value}")
+    return value

@@ -9,10 +9,15 @@ from the mapping with :meth:`Deduplicator.rebuild`.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable, Iterator, MutableMapping
 
 
 class Deduplicator:
+    """Expiry runs every ``expire_every`` remembered ids: ids may outlive the horizon by
+    that many events, never the other way round."""
+
+    expire_every = 64
+
     def __init__(self, horizon_ms: int, store: MutableMapping[str, int]) -> None:
         if horizon_ms <= 0:
             raise ValueError("horizon_ms must be positive")
@@ -20,6 +25,7 @@ class Deduplicator:
         self._store = store
         self._expiry: list[tuple[int, str]] = []
         self._watermark: int | None = None
+        self._since_expiry = 0
 
     @property
     def watermark(self) -> int | None:
@@ -38,9 +44,14 @@ class Deduplicator:
         heapq.heappush(self._expiry, (event_time, event_id))
         if self._watermark is None or event_time > self._watermark:
             self._watermark = event_time
+        self._since_expiry += 1
+        if self._since_expiry < self.expire_every:
+            return []
         return self.expire()
 
     def expire(self) -> list[str]:
+        """Forget the ids older than the watermark minus the horizon; return them."""
+        self._since_expiry = 0
         if self._watermark is None:
             return []
         cutoff = self._watermark - self.horizon_ms
@@ -57,3 +68,39 @@ class Deduplicator:
         self._expiry = [(event_time, event_id) for event_id, event_time in items]
         heapq.heapify(self._expiry)
         self._watermark = max((t for t, _ in self._expiry), default=self._watermark)
+
+
+class PartitionView(MutableMapping[str, int]):
+    """The ids of one partition inside a store shared by all partitions.
+
+    Keys are stored as ``"<partition>:<event_id>"`` so that a partition's memory can be
+    found again after a restart or a rebalance, and expiry deletes only its own keys.
+    """
+
+    def __init__(self, store: MutableMapping[str, int], partition: int) -> None:
+        self._store = store
+        self._prefix = f"{partition}:"
+
+    def __getitem__(self, event_id: str) -> int:
+        return self._store[self._prefix + event_id]
+
+    def __setitem__(self, event_id: str, event_time: int) -> None:
+        self._store[self._prefix + event_id] = event_time
+
+    def __delitem__(self, event_id: str) -> None:
+        del self._store[self._prefix + event_id]
+
+    def __contains__(self, event_id: object) -> bool:
+        return isinstance(event_id, str) and (self._prefix + event_id) in self._store
+
+    def __iter__(self) -> Iterator[str]:
+        size = len(self._prefix)
+        return (key[size:] for key in self._store if key.startswith(self._prefix))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+def split_partition_key(key: str) -> tuple[int, str]:
+    partition, _, event_id = key.partition(":")
+    return int(partition), event_id

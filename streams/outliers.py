@@ -19,30 +19,36 @@ from river import stats
 from streams.spec import DomainSpec, OutlierTransform
 
 MAD_TO_SIGMA = 1.4826
+_LOG1P = OutlierTransform.LOG1P
 
 
 class RobustFieldStats:
+    """Running median and MAD of one field.
+
+    Every value updates both quantile sketches; the median and scale used for scoring are
+    read back every ``refresh`` updates (and at every update during warm-up), which keeps
+    the per-event cost flat without changing what is learned.
+    """
+
+    refresh = 16
+
     def __init__(self) -> None:
         self._median = stats.Quantile(0.5)
         self._deviation = stats.Quantile(0.5)
         self.count = 0
+        self.median = 0.0
+        self.scale = 1.0
 
     def update(self, value: float) -> None:
         self._median.update(value)
-        median = self._median.get()
-        self._deviation.update(abs(value - median))
+        self._deviation.update(abs(value - self.median))
         self.count += 1
-
-    @property
-    def median(self) -> float:
-        value = self._median.get()
-        return 0.0 if value is None else float(value)
-
-    @property
-    def scale(self) -> float:
+        if self.count % self.refresh and self.count > self.refresh * 16:
+            return
+        median = float(self._median.get())
         mad = self._deviation.get()
-        sigma = 0.0 if mad is None else MAD_TO_SIGMA * float(mad)
-        return max(sigma, 1e-9 * (abs(self.median) + 1.0))
+        self.median = median
+        self.scale = max(MAD_TO_SIGMA * float(mad), 1e-9 * (abs(median) + 1.0))
 
     def zscore(self, value: float) -> float:
         return abs(value - self.median) / self.scale
@@ -73,6 +79,27 @@ class OutlierScreen:
         fields = {f.name: f.outlier for f in current.fields if f.outlier is not None}
         return cls(fields, spec.outlier_threshold, spec.outlier_warmup)
 
+    def screen_and_learn(self, payload: Mapping[str, Any]) -> OutlierVerdict | None:
+        """Screen; learn from the payload only if no field is an outlier.
+
+        One pass that transforms each value once: this runs for every accepted event.
+        """
+        values: list[tuple[RobustFieldStats, float]] = []
+        for name, transform in self._fields.items():
+            raw = payload.get(name)
+            if raw is None:
+                continue
+            value = math.log1p(max(raw, 0.0)) if transform is _LOG1P else float(raw)
+            field_stats = self._stats[name]
+            if field_stats.count >= self.warmup:
+                z = abs(value - field_stats.median) / field_stats.scale
+                if z > self.threshold:
+                    return OutlierVerdict(name, float(raw), z, field_stats.median)
+            values.append((field_stats, value))
+        for field_stats, value in values:
+            field_stats.update(value)
+        return None
+
     def screen(self, payload: Mapping[str, Any]) -> OutlierVerdict | None:
         """The first field whose value is an outlier, or None. Does not learn."""
         for name, transform in self._fields.items():
@@ -82,8 +109,8 @@ class OutlierScreen:
             raw = payload.get(name)
             if raw is None:
                 continue
-            value = _transform(float(raw), transform)
-            z = field_stats.zscore(value)
+            value = math.log1p(max(raw, 0.0)) if transform is _LOG1P else float(raw)
+            z = abs(value - field_stats.median) / field_stats.scale
             if z > self.threshold:
                 return OutlierVerdict(name, float(raw), z, field_stats.median)
         return None
@@ -92,7 +119,8 @@ class OutlierScreen:
         for name, transform in self._fields.items():
             raw = payload.get(name)
             if raw is not None:
-                self._stats[name].update(_transform(float(raw), transform))
+                value = math.log1p(max(raw, 0.0)) if transform is _LOG1P else float(raw)
+                self._stats[name].update(value)
 
     def to_state(self) -> bytes:
         return pickle.dumps(self._stats, protocol=pickle.HIGHEST_PROTOCOL)
@@ -101,9 +129,3 @@ class OutlierScreen:
         """Load statistics written by :meth:`to_state` (from the worker's own table)."""
         loaded = pickle.loads(state)  # noqa: S301 - our own changelogged state, not input
         self._stats = {name: loaded.get(name, RobustFieldStats()) for name in self._fields}
-
-
-def _transform(value: float, transform: OutlierTransform) -> float:
-    if transform is OutlierTransform.LOG1P:
-        return math.log1p(max(value, 0.0))
-    return value

@@ -6,10 +6,10 @@ agent passes the raw bytes and the partition they came from.
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
+from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass, field
 
-from streams.dedup import Deduplicator
+from streams.dedup import Deduplicator, PartitionView, split_partition_key
 from streams.envelope import Accepted, Reason, Rejected
 from streams.outliers import OutlierScreen
 from streams.spec import DomainSpec
@@ -27,9 +27,30 @@ class ValidationPipeline:
     def __init__(self, spec: DomainSpec, seen_ids: MutableMapping[str, int]) -> None:
         self.spec = spec
         self.validator = EventValidator(spec)
-        self.dedup = Deduplicator(spec.dedup_horizon_ms, seen_ids)
+        self._seen_ids = seen_ids
+        self._dedups: dict[int, Deduplicator] = {}
         self._screens: dict[tuple[int, str], OutlierScreen] = {}
         self.counters = PipelineCounters()
+
+    def dedup_for(self, partition: int) -> Deduplicator:
+        dedup = self._dedups.get(partition)
+        if dedup is None:
+            view = PartitionView(self._seen_ids, partition)
+            dedup = self._dedups[partition] = Deduplicator(self.spec.dedup_horizon_ms, view)
+        return dedup
+
+    def rebuild(self, seen_ids: Iterable[tuple[str, int]], screen_states: Iterable[tuple[str, bytes]]) -> None:
+        """Reload per-partition state from the stores, e.g. after recovery or a rebalance."""
+        self._dedups.clear()
+        self._screens.clear()
+        by_partition: dict[int, list[tuple[str, int]]] = {}
+        for key, event_time in seen_ids:
+            partition, event_id = split_partition_key(key)
+            by_partition.setdefault(partition, []).append((event_id, event_time))
+        for partition, items in by_partition.items():
+            self.dedup_for(partition).rebuild(items)
+        for key, state in screen_states:
+            self.restore_partition_state(key, state)
 
     def screen_for(self, partition: int, schema: str) -> OutlierScreen:
         key = (partition, schema)
@@ -39,30 +60,36 @@ class ValidationPipeline:
         return screen
 
     def process(self, raw: bytes, partition: int) -> Accepted | Rejected:
-        outcome = self._process(raw, partition)
-        if isinstance(outcome, Accepted):
-            self.counters.accepted += 1
+        outcome = self.validator.check(raw)
+        if type(outcome) is Accepted:
+            outcome = self._screen(outcome, partition)
+        counters = self.counters
+        if type(outcome) is Accepted:
+            counters.accepted += 1
             if outcome.original_version != outcome.envelope.schema_version:
-                self.counters.upcast += 1
+                counters.upcast += 1
         else:
-            rejected = self.counters.rejected
-            rejected[outcome.reason] = rejected.get(outcome.reason, 0) + 1
+            reason = outcome.reason
+            counters.rejected[reason] = counters.rejected.get(reason, 0) + 1
         return outcome
 
-    def _process(self, raw: bytes, partition: int) -> Accepted | Rejected:
-        outcome = self.validator.check(raw)
-        if isinstance(outcome, Rejected):
-            return outcome
+    def _screen(self, outcome: Accepted, partition: int) -> Accepted | Rejected:
+        """The stateful checks, in order: duplicate, then outlier; learn only on success."""
         envelope = outcome.envelope
-        if self.dedup.is_duplicate(envelope.event_id):
+        dedup = self._dedups.get(partition)
+        if dedup is None:
+            dedup = self.dedup_for(partition)
+        if dedup.is_duplicate(envelope.event_id):
             return Rejected(
                 Reason.DUPLICATE,
                 f"event_id seen within the last {self.spec.dedup_horizon_ms} ms",
                 envelope.event_id,
                 envelope.entity_id,
             )
-        screen = self.screen_for(partition, envelope.schema)
-        verdict = screen.screen(envelope.payload)
+        screen = self._screens.get((partition, envelope.schema))
+        if screen is None:
+            screen = self.screen_for(partition, envelope.schema)
+        verdict = screen.screen_and_learn(envelope.payload)
         if verdict is not None:
             return Rejected(
                 Reason.OUTLIER,
@@ -71,15 +98,15 @@ class ValidationPipeline:
                 envelope.event_id,
                 envelope.entity_id,
             )
-        screen.learn(envelope.payload)
-        self.dedup.remember(envelope.event_id, envelope.event_time)
+        dedup.remember(envelope.event_id, envelope.event_time)
         return outcome
 
-    def partition_states(self) -> dict[str, bytes]:
-        """Outlier statistics per (partition, schema), for checkpointing in a table."""
+    def partition_states(self, partition: int) -> dict[str, bytes]:
+        """One partition's outlier statistics per schema, for checkpointing in a table."""
         return {
-            f"{partition}:{schema}": screen.to_state()
-            for (partition, schema), screen in self._screens.items()
+            f"{screen_partition}:{schema}": screen.to_state()
+            for (screen_partition, schema), screen in self._screens.items()
+            if screen_partition == partition
         }
 
     def restore_partition_state(self, key: str, state: bytes) -> None:

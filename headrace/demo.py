@@ -1,0 +1,68 @@
+"""``headrace demo``: the infrastructure, a worker, a stream of payments, a summary."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections import Counter
+
+import click
+
+from headrace import infra, scenario
+from headrace.worker_process import isolated_env
+from streams.settings import REPO_ROOT, Settings
+from streams.synthetic import VALID, MixSpec, PaymentGenerator
+
+
+def run_demo(*, count: int, rate: float) -> int:
+    click.echo("headrace demo: starting Kafka, Redis and the S3 endpoint (first run downloads Kafka)")
+    for service in infra.up(infra.default_state_dir()):
+        click.echo(f"  {service.name:<6} {service.address}")
+    run_dir = REPO_ROOT / ".headrace" / "demo"
+    env = isolated_env(run_dir, name=f"demo-{int(time.time())}")
+    settings = Settings.from_env({**os.environ, **env})
+    generator = PaymentGenerator(MixSpec(count=count, seed=int(time.time()) % 10_000))
+    messages = [(m.key, m.value) for m in generator]
+    expected = Counter(generator.expected)
+
+    asyncio.run(scenario.prepare_topics(settings))
+    click.echo(f"starting a worker (app {settings.app_id}, topics {settings.topics.raw} ...)")
+    worker = scenario.start_worker(env, run_dir / settings.app_id, name="worker")
+    try:
+        asyncio.run(scenario.wait_until_serving(settings, worker))
+        click.echo(f"producing {count} payments at up to {rate:.0f}/s, {_share(expected)} malformed or duplicate")
+        started = time.perf_counter()
+        with click.progressbar(length=count, label="produced") as bar:
+            asyncio.run(
+                scenario.produce_messages_with_progress(settings, messages, rate or None, bar.update),
+            )
+        outputs = asyncio.run(scenario.collect_outputs(settings, count, timeout_s=300))
+        elapsed = time.perf_counter() - started
+    finally:
+        worker.stop()
+    return _summarise(expected, outputs, elapsed, settings)
+
+
+def _share(expected: Counter[str]) -> str:
+    total = sum(expected.values())
+    bad = total - expected[VALID]
+    return f"{100 * bad / max(total, 1):.1f}%"
+
+
+def _summarise(expected: Counter[str], outputs: scenario.Outputs, elapsed: float, settings: Settings) -> int:
+    reasons = outputs.rejected_by_reason()
+    click.echo("")
+    click.echo(f"{'outcome':<20}{'expected':>10}{'observed':>10}")
+    click.echo(f"{'valid':<20}{expected[VALID]:>10}{len(outputs.valid):>10}")
+    for reason in sorted(set(reasons) | (set(expected) - {VALID})):
+        click.echo(f"{'rejected ' + reason:<20}{expected[reason]:>10}{reasons[reason]:>10}")
+    total = sum(expected.values())
+    click.echo(f"{total} events through {settings.topics.raw} in {elapsed:.1f} s: {outputs.total / elapsed:,.0f} events/s")
+    click.echo(f"dead letters with reasons: {settings.topics.rejected}; valid events: {settings.topics.valid}")
+    matches = len(outputs.valid) == expected[VALID] and all(
+        reasons[r] == n for r, n in expected.items() if r != VALID
+    )
+    click.echo("every event accounted for" if matches else "MISMATCH between expected and observed")
+    click.echo("the servers keep running; stop them with: make infra-down")
+    return 0 if matches else 1

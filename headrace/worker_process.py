@@ -1,0 +1,95 @@
+"""A Faust worker as a child process: started, stopped gently, or killed with SIGKILL.
+
+Used by the integration tests, the benchmarks and the demo, which all need a real worker
+talking to the real broker, with its own topics, consumer group and state directory.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def isolated_env(base_dir: Path, *, name: str | None = None, **extra: str) -> dict[str, str]:
+    """Settings for a worker with its own topic prefix, app id, state and web port."""
+    run_id = name or uuid.uuid4().hex[:10]
+    env = {
+        "HEADRACE_APP_ID": f"headrace-{run_id}",
+        "HEADRACE_TOPIC_PREFIX": f"{run_id}.",
+        "HEADRACE_DATA_DIR": str(base_dir / run_id),
+        "HEADRACE_WEB_PORT": str(free_port()),
+    }
+    env.update(extra)
+    return env
+
+
+@dataclass
+class WorkerProcess:
+    env: dict[str, str]
+    log_path: Path
+    loglevel: str = "warning"
+    process: subprocess.Popen[bytes] | None = None
+    _log: IO[bytes] | None = field(default=None, repr=False)
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = self.log_path.open("ab")
+        self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            [sys.executable, "-m", "headrace", "worker", "-l", self.loglevel, "--without-web"],
+            env={**os.environ, **self.env},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout_s: float = 30.0) -> int | None:
+        """SIGTERM, then SIGKILL if the worker has not stopped within the timeout."""
+        if self.process is None:
+            return None
+        if self.alive:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self._finish()
+
+    def kill(self) -> int | None:
+        """SIGKILL the worker and its children: no shutdown code runs."""
+        if self.process is None:
+            return None
+        if self.alive:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+        return self._finish()
+
+    def _finish(self) -> int | None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        return None if self.process is None else self.process.returncode
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])

@@ -1,0 +1,29 @@
+"""The topic registry: every topic the worker reads or writes, with raw-bytes codecs.
+
+Values cross Kafka as bytes; the codecs module turns them into the core's types, so the
+agents stay in control of serialisation cost and of what happens to undecodable input.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from streams.app import app, settings
+
+
+def _bytes_topic(name: str, **options: Any) -> Any:
+    return app.topic(
+        name,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=settings.partitions,
+        **options,
+    )
+
+
+names = settings.topics
+raw = _bytes_topic(names.raw)
+valid = _bytes_topic(names.valid)
+rejected = _bytes_topic(names.rejected)

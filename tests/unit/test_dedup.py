@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from streams.dedup import Deduplicator, PartitionView, split_partition_key
+
+
+def test_duplicate_within_horizon_is_seen() -> None:
+    dedup = Deduplicator(1_000, {})
+    assert not dedup.is_duplicate("a")
+    dedup.remember("a", 10)
+    assert dedup.is_duplicate("a")
+
+
+def test_ids_expire_once_the_watermark_passes_the_horizon() -> None:
+    store: dict[str, int] = {}
+    dedup = Deduplicator(1_000, store)
+    dedup.remember("a", 0)
+    dedup.remember("b", 500)
+    dedup.remember("c", 1_200)
+    assert dedup.expire() == ["a"]
+    assert set(store) == {"b", "c"}
+    assert not dedup.is_duplicate("a")
+
+
+def test_rebuild_restores_expiry_from_the_store() -> None:
+    store = {"a": 0, "b": 5_000}
+    dedup = Deduplicator(1_000, store)
+    dedup.rebuild(store.items())
+    assert dedup.watermark == 5_000
+    assert dedup.expire() == ["a"]
+    assert store == {"b": 5_000}
+
+
+@given(st.lists(st.tuples(st.sampled_from("abcdefgh"), st.integers(0, 10_000)), max_size=200))
+def test_matches_a_brute_force_oracle(events: list[tuple[str, int]]) -> None:
+    """After each step (with expiry forced), an id is remembered exactly when the oracle
+    says it was accepted within the horizon of the highest event time seen so far."""
+    horizon = 1_500
+    dedup = Deduplicator(horizon, {})
+    accepted: dict[str, int] = {}
+    high = None
+    for event_id, event_time in events:
+        oracle_duplicate = event_id in accepted
+        assert dedup.is_duplicate(event_id) == oracle_duplicate
+        if not oracle_duplicate:
+            dedup.remember(event_id, event_time)
+            dedup.expire()
+            accepted[event_id] = event_time
+            high = event_time if high is None else max(high, event_time)
+            accepted = {k: t for k, t in accepted.items() if t >= high - horizon}
+
+
+def test_partition_view_keeps_partitions_apart() -> None:
+    store: dict[str, int] = {}
+    zero, one = PartitionView(store, 0), PartitionView(store, 1)
+    zero["x"] = 1
+    assert "x" in zero
+    assert "x" not in one
+    one["x"] = 2
+    assert sorted(store) == ["0:x", "1:x"]
+    assert list(zero) == ["x"]
+    assert len(one) == 1
+    del zero["x"]
+    assert store == {"1:x": 2}
+    assert split_partition_key("12:ev:1") == (12, "ev:1")

@@ -10,12 +10,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import faust
 import structlog
 
 from streams import topics
 from streams.app import app, settings
 from streams.codecs import encode_rejection, encode_valid
-from streams.envelope import Accepted
+from streams.envelope import Accepted, SourcePosition
 from streams.pipeline import ValidationPipeline
 from streams.spec import load_spec
 
@@ -32,17 +33,17 @@ seen_ids = app.Table(
 )
 screen_state = app.Table(
     "validate-screen-state",
-    key_type=str,
-    value_type=bytes,
-    value_serializer="raw",
+    schema=faust.Schema(
+        key_type=str, value_type=bytes, key_serializer="raw", value_serializer="raw",
+    ),
     partitions=settings.partitions,
 )
 pipeline = ValidationPipeline(spec, seen_ids)
 _needs_rebuild = True
 
 
-@app.on_rebalance_complete.connect
-async def _mark_rebuild(sender: Any, **_: Any) -> None:  # noqa: RUF029 - a signal receiver
+@app.on_rebalance_complete.connect  # type: ignore[arg-type]  # mode types receivers narrowly
+async def _mark_rebuild(_sender: Any, **_kwargs: Any) -> None:
     global _needs_rebuild  # noqa: PLW0603 - one flag shared with the agent loop
     _needs_rebuild = True
 
@@ -59,7 +60,7 @@ async def validate(stream: Any) -> None:
         message = event.message
         partition = message.partition
         outcome = pipeline.process(event.value, partition)
-        if type(outcome) is Accepted:
+        if isinstance(outcome, Accepted):
             await topics.valid.send(key=event.key, value=encode_valid(outcome))
             count = since_checkpoint.get(partition, 0) + 1
             if count >= SCREEN_CHECKPOINT_EVERY:
@@ -73,9 +74,7 @@ async def validate(stream: Any) -> None:
                 value=encode_rejection(
                     outcome,
                     event.value,
-                    source_topic=message.topic,
-                    partition=partition,
-                    offset=message.offset,
-                    rejected_at_ms=int(time.time() * 1000),
+                    SourcePosition(message.topic, partition, message.offset),
+                    int(time.time() * 1000),
                 ),
             )

@@ -45,7 +45,7 @@ def pure_events_per_s(spec_path: Path, count: int = 50_000, repeats: int = 5) ->
     }
 
 
-def agent_events_per_s(settings: Settings, count: int = 20_000) -> dict[str, float]:
+def agent_events_per_s(count: int = 20_000) -> dict[str, float]:
     """Through the validation agent with the real broker: produce to downstream topics.
 
     A fresh worker with its own topics is started and awaited (a probe message comes out

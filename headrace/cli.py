@@ -72,14 +72,28 @@ def _share(name: str) -> Any:
 
 @click.command("produce", help="Produce synthetic payments (or a JSONL file) to events.raw.")
 @click.option("--count", type=click.IntRange(min=0), default=5_000, show_default=True)
-@click.option("--rate", type=click.FloatRange(min=0), default=0.0, help="events/s, 0 = as fast as possible")
+@click.option(
+    "--rate", type=click.FloatRange(min=0), default=0.0, help="events/s, 0 = as fast as possible"
+)
 @click.option("--seed", type=int, default=7, show_default=True)
-@click.option("--malformed", type=float, default=0.10, show_default=True, callback=_share("--malformed"))
-@click.option("--duplicates", type=float, default=0.02, show_default=True, callback=_share("--duplicates"))
-@click.option("--old-versions", type=float, default=0.05, show_default=True, callback=_share("--old-versions"))
-@click.option("--file", "jsonl", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help="send each line of this JSONL file instead")
+@click.option(
+    "--malformed", type=float, default=0.10, show_default=True, callback=_share("--malformed")
+)
+@click.option(
+    "--duplicates", type=float, default=0.02, show_default=True, callback=_share("--duplicates")
+)
+@click.option(
+    "--old-versions", type=float, default=0.05, show_default=True, callback=_share("--old-versions")
+)
+@click.option(
+    "--file",
+    "jsonl",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="send each line of this JSONL file instead",
+)
 @click.option("--topic", default=None, help="default: the events.raw topic of the settings")
-def produce_command(
+def produce_command(  # noqa: PLR0913, PLR0917 - one parameter per click option
     count: int,
     rate: float,
     seed: int,
@@ -90,6 +104,7 @@ def produce_command(
     topic: str | None,
 ) -> None:
     from headrace.produce import produce_file, produce_synthetic
+    from streams.synthetic import MixSpec
 
     settings = Settings.from_env()
     target = topic or settings.topics.raw
@@ -101,11 +116,13 @@ def produce_command(
                 produce_synthetic(
                     settings,
                     target,
-                    count=count,
-                    seed=seed,
-                    malformed=malformed,
-                    duplicates=duplicates,
-                    old_versions=old_versions,
+                    MixSpec(
+                        count=count,
+                        seed=seed,
+                        malformed_share=malformed,
+                        duplicate_share=duplicates,
+                        old_version_share=old_versions,
+                    ),
                     rate=rate or None,
                 ),
             )
@@ -131,7 +148,7 @@ def bench_validate(as_json: bool, count: int, agent_count: int, no_agent: bool) 
     result: dict[str, Any] = pure_events_per_s(settings.spec_path, count=count)
     if not no_agent:
         try:
-            result.update(agent_events_per_s(settings, count=agent_count))
+            result.update(agent_events_per_s(count=agent_count))
         except infra.InfraError as error:
             _fail(str(error), code=1)
     if not as_json:

@@ -16,7 +16,9 @@ from streams.synthetic import VALID, MixSpec, PaymentGenerator
 
 
 def run_demo(*, count: int, rate: float) -> int:
-    click.echo("headrace demo: starting Kafka, Redis and the S3 endpoint (first run downloads Kafka)")
+    click.echo(
+        "headrace demo: starting Kafka, Redis and the S3 endpoint (first run downloads Kafka)"
+    )
     for service in infra.up(infra.default_state_dir()):
         click.echo(f"  {service.name:<6} {service.address}")
     run_dir = REPO_ROOT / ".headrace" / "demo"
@@ -31,11 +33,16 @@ def run_demo(*, count: int, rate: float) -> int:
     worker = scenario.start_worker(env, run_dir / settings.app_id, name="worker")
     try:
         asyncio.run(scenario.wait_until_serving(settings, worker))
-        click.echo(f"producing {count} payments at up to {rate:.0f}/s, {_share(expected)} malformed or duplicate")
+        click.echo(
+            f"producing {count} payments at up to {rate:.0f}/s, "
+            f"{_share(expected)} malformed or duplicate"
+        )
         started = time.perf_counter()
         with click.progressbar(length=count, label="produced") as bar:
             asyncio.run(
-                scenario.produce_messages_with_progress(settings, messages, rate or None, bar.update),
+                scenario.produce_messages_with_progress(
+                    settings, messages, rate or None, bar.update
+                ),
             )
         outputs = asyncio.run(scenario.collect_outputs(settings, count, timeout_s=300))
         elapsed = time.perf_counter() - started
@@ -50,7 +57,9 @@ def _share(expected: Counter[str]) -> str:
     return f"{100 * bad / max(total, 1):.1f}%"
 
 
-def _summarise(expected: Counter[str], outputs: scenario.Outputs, elapsed: float, settings: Settings) -> int:
+def _summarise(
+    expected: Counter[str], outputs: scenario.Outputs, elapsed: float, settings: Settings
+) -> int:
     reasons = outputs.rejected_by_reason()
     click.echo("")
     click.echo(f"{'outcome':<20}{'expected':>10}{'observed':>10}")
@@ -58,8 +67,14 @@ def _summarise(expected: Counter[str], outputs: scenario.Outputs, elapsed: float
     for reason in sorted(set(reasons) | (set(expected) - {VALID})):
         click.echo(f"{'rejected ' + reason:<20}{expected[reason]:>10}{reasons[reason]:>10}")
     total = sum(expected.values())
-    click.echo(f"{total} events through {settings.topics.raw} in {elapsed:.1f} s: {outputs.total / elapsed:,.0f} events/s")
-    click.echo(f"dead letters with reasons: {settings.topics.rejected}; valid events: {settings.topics.valid}")
+    click.echo(
+        f"{total} events through {settings.topics.raw} in {elapsed:.1f} s: "
+        f"{outputs.total / elapsed:,.0f} events/s"
+    )
+    click.echo(
+        f"dead letters with reasons: {settings.topics.rejected}; "
+        f"valid events: {settings.topics.valid}"
+    )
     matches = len(outputs.valid) == expected[VALID] and all(
         reasons[r] == n for r, n in expected.items() if r != VALID
     )

@@ -1,4 +1,3 @@
-# ruff: noqa: CPY001
 """Local infrastructure for headrace: a Kafka broker, Redis and an S3 endpoint on loopback.
 
 ``python -m headrace.infra up|down|status [--state-dir DIR]`` starts, stops or reports
@@ -232,7 +231,7 @@ def up(state_dir: Path) -> list[ServiceStatus]:
             known_pid, started, launched = pending[service.name]
             pid = _wait_ready(service, known_pid, started)
             elapsed = time.monotonic() - started
-            detail = f"started in {elapsed:.1f}s" if launched else "already running"
+            detail = f"started, ready within {elapsed:.1f}s" if launched else "already running"
             results[service.name] = ServiceStatus(
                 service.name, service.address, running=True, pid=pid, detail=detail
             )

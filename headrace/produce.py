@@ -16,21 +16,10 @@ from streams.synthetic import MixSpec, PaymentGenerator
 async def produce_synthetic(
     settings: Settings,
     topic: str,
+    mix: MixSpec,
     *,
-    count: int,
-    seed: int,
-    malformed: float,
-    duplicates: float,
-    old_versions: float,
     rate: float | None,
 ) -> dict[str, Any]:
-    mix = MixSpec(
-        count=count,
-        seed=seed,
-        malformed_share=malformed,
-        duplicate_share=duplicates,
-        old_version_share=old_versions,
-    )
     generator = PaymentGenerator(mix)
     await ensure_topics(settings.bootstrap_servers, [topic], settings.partitions)
     report = await produce(
@@ -69,7 +58,9 @@ def _jsonl_messages(path: Path) -> Iterator[tuple[bytes | None, bytes]]:
             yield key, value
 
 
-async def produce_file(settings: Settings, topic: str, path: Path, *, rate: float | None) -> dict[str, Any]:
+async def produce_file(
+    settings: Settings, topic: str, path: Path, *, rate: float | None
+) -> dict[str, Any]:
     await ensure_topics(settings.bootstrap_servers, [topic], settings.partitions)
     report = await produce(settings.bootstrap_servers, topic, _jsonl_messages(path), rate=rate)
     return {

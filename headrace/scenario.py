@@ -42,11 +42,15 @@ def settings_for(env: dict[str, str]) -> Settings:
 async def prepare_topics(settings: Settings) -> None:
     names = settings.topics
     await ensure_topics(
-        settings.bootstrap_servers, [names.raw, names.valid, names.rejected], settings.partitions,
+        settings.bootstrap_servers,
+        [names.raw, names.valid, names.rejected],
+        settings.partitions,
     )
 
 
-async def wait_until_serving(settings: Settings, worker: WorkerProcess, timeout_s: float = 120.0) -> None:
+async def wait_until_serving(
+    settings: Settings, worker: WorkerProcess, timeout_s: float = 120.0
+) -> None:
     """Send one probe (it is rejected as bad_envelope) and wait for its dead letter."""
     await produce(settings.bootstrap_servers, settings.topics.raw, [(b"probe", PROBE)])
     deadline = time.monotonic() + timeout_s
@@ -65,7 +69,11 @@ async def wait_until_serving(settings: Settings, worker: WorkerProcess, timeout_
 
 
 async def collect_outputs(
-    settings: Settings, expected_total: int, timeout_s: float, *, idle_s: float | None = None,
+    settings: Settings,
+    expected_total: int,
+    timeout_s: float,
+    *,
+    idle_s: float | None = None,
 ) -> Outputs:
     names = settings.topics
     records = await collect(
@@ -101,14 +109,20 @@ async def produce_messages_with_progress(
         done = sent
 
     report = await produce(
-        settings.bootstrap_servers, settings.topics.raw, messages, rate=rate, on_progress=progress,
+        settings.bootstrap_servers,
+        settings.topics.raw,
+        messages,
+        rate=rate,
+        on_progress=progress,
     )
     advance(report.sent - done)
     return report.seconds
 
 
 async def produce_messages(
-    settings: Settings, messages: Sequence[tuple[bytes | None, bytes]], rate: float | None = None,
+    settings: Settings,
+    messages: Sequence[tuple[bytes | None, bytes]],
+    rate: float | None = None,
 ) -> float:
     report = await produce(settings.bootstrap_servers, settings.topics.raw, messages, rate=rate)
     return report.seconds

@@ -7,6 +7,7 @@ import faust
 from streams.settings import Settings
 
 settings = Settings.from_env()
+settings.data_dir.mkdir(parents=True, exist_ok=True)
 
 app = faust.App(
     settings.app_id,

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from streams.envelope import Accepted, Envelope, Rejected
+from streams.envelope import Accepted, Envelope, Rejected, SourcePosition
 
 
 class NonFiniteNumberError(ValueError):
@@ -76,10 +76,7 @@ def decode_envelope(data: bytes) -> Envelope:
 def encode_rejection(
     outcome: Rejected,
     original: bytes,
-    *,
-    source_topic: str,
-    partition: int,
-    offset: int,
+    source: SourcePosition,
     rejected_at_ms: int,
 ) -> bytes:
     return orjson.dumps(
@@ -88,7 +85,11 @@ def encode_rejection(
             "detail": outcome.detail,
             "event_id": outcome.event_id,
             "entity_id": outcome.entity_id,
-            "source": {"topic": source_topic, "partition": partition, "offset": offset},
+            "source": {
+                "topic": source.topic,
+                "partition": source.partition,
+                "offset": source.offset,
+            },
             "rejected_at": rejected_at_ms,
             "original_b64": base64.b64encode(original).decode("ascii"),
         },

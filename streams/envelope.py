@@ -60,3 +60,12 @@ class Rejected:
 
 
 Outcome = Accepted | Rejected
+
+
+@dataclass(frozen=True, slots=True)
+class SourcePosition:
+    """Where a message was read: enough to find the original again."""
+
+    topic: str
+    partition: int
+    offset: int

@@ -45,8 +45,8 @@ class RobustFieldStats:
         self.count += 1
         if self.count % self.refresh and self.count > self.refresh * 16:
             return
-        median = float(self._median.get())
-        mad = self._deviation.get()
+        median = float(self._median.get() or 0.0)
+        mad = self._deviation.get() or 0.0
         self.median = median
         self.scale = max(MAD_TO_SIGMA * float(mad), 1e-9 * (abs(median) + 1.0))
 
@@ -65,7 +65,9 @@ class OutlierVerdict:
 class OutlierScreen:
     """Screens the numeric fields a spec marks with ``outlier = ...``, for one partition."""
 
-    def __init__(self, fields: Mapping[str, OutlierTransform], threshold: float, warmup: int) -> None:
+    def __init__(
+        self, fields: Mapping[str, OutlierTransform], threshold: float, warmup: int
+    ) -> None:
         if threshold <= 0:
             raise ValueError("threshold must be positive")
         self.threshold = threshold

@@ -39,7 +39,9 @@ class ValidationPipeline:
             dedup = self._dedups[partition] = Deduplicator(self.spec.dedup_horizon_ms, view)
         return dedup
 
-    def rebuild(self, seen_ids: Iterable[tuple[str, int]], screen_states: Iterable[tuple[str, bytes]]) -> None:
+    def rebuild(
+        self, seen_ids: Iterable[tuple[str, int]], screen_states: Iterable[tuple[str, bytes]]
+    ) -> None:
         """Reload per-partition state from the stores, e.g. after recovery or a rebalance."""
         self._dedups.clear()
         self._screens.clear()
@@ -61,10 +63,10 @@ class ValidationPipeline:
 
     def process(self, raw: bytes, partition: int) -> Accepted | Rejected:
         outcome = self.validator.check(raw)
-        if type(outcome) is Accepted:
+        if isinstance(outcome, Accepted):
             outcome = self._screen(outcome, partition)
         counters = self.counters
-        if type(outcome) is Accepted:
+        if isinstance(outcome, Accepted):
             counters.accepted += 1
             if outcome.original_version != outcome.envelope.schema_version:
                 counters.upcast += 1

@@ -158,7 +158,14 @@ def _field(schema: str, version: int, name: str, raw: Mapping[str, Any]) -> Fiel
     except (KeyError, ValueError):
         raise SpecError(f"{where}: type must be one of float, int, str, bool") from None
     known = {
-        "type", "required", "min", "max", "allowed", "min_length", "max_length", "outlier",
+        "type",
+        "required",
+        "min",
+        "max",
+        "allowed",
+        "min_length",
+        "max_length",
+        "outlier",
     }
     unknown = set(raw) - known
     if unknown:

@@ -82,16 +82,23 @@ class PaymentGenerator:
         event_time = self.mix.start_time_ms
         earlier_valid: list[SyntheticMessage] = []
         for index in range(self.mix.count):
-            event_time += int(rng.expovariate(1.0 / self.mix.mean_gap_ms)) if self.mix.mean_gap_ms else 0
+            event_time += (
+                int(rng.expovariate(1.0 / self.mix.mean_gap_ms)) if self.mix.mean_gap_ms else 0
+            )
             roll = rng.random()
             mix = self.mix
             if roll < mix.duplicate_share and earlier_valid:
                 original = rng.choice(earlier_valid[-500:])
                 message = SyntheticMessage(
-                    original.key, original.value, Reason.DUPLICATE.value, original.event_id,
+                    original.key,
+                    original.value,
+                    Reason.DUPLICATE.value,
+                    original.event_id,
                 )
             elif roll < mix.duplicate_share + mix.malformed_share:
-                kinds = [k for k in mix.kinds if k is not Reason.OUTLIER or index >= mix.outlier_after]
+                kinds = [
+                    k for k in mix.kinds if k is not Reason.OUTLIER or index >= mix.outlier_after
+                ]
                 kind = rng.choice(kinds) if kinds else None
                 message = (
                     self._malformed(rng, index, event_time, kind)
@@ -107,7 +114,9 @@ class PaymentGenerator:
             self.expected[message.expected] += 1
             yield message
 
-    def _event(self, rng: random.Random, index: int, event_time: int, version: int) -> dict[str, Any]:
+    def _event(
+        self, rng: random.Random, index: int, event_time: int, version: int
+    ) -> dict[str, Any]:
         entity = f"card-{rng.randrange(self.mix.entities):05d}"
         log_amount = min(max(rng.gauss(0.0, AMOUNT_LOG_SIGMA), -AMOUNT_LOG_CLIP), AMOUNT_LOG_CLIP)
         amount = round(MEDIAN_AMOUNT * math.exp(log_amount), 2)
@@ -143,12 +152,18 @@ class PaymentGenerator:
             "payload": payload,
         }
 
-    def _valid(self, rng: random.Random, index: int, event_time: int, version: int) -> SyntheticMessage:
+    def _valid(
+        self, rng: random.Random, index: int, event_time: int, version: int
+    ) -> SyntheticMessage:
         event = self._event(rng, index, event_time, version)
         return _message(event, json.dumps(event).encode(), VALID)
 
     def _malformed(  # noqa: C901 - one branch per fault kind reads best as a flat match
-        self, rng: random.Random, index: int, event_time: int, kind: Reason,
+        self,
+        rng: random.Random,
+        index: int,
+        event_time: int,
+        kind: Reason,
     ) -> SyntheticMessage:
         event = self._event(rng, index, event_time, version=3)
         payload = event["payload"]

@@ -19,6 +19,7 @@ def _bytes_topic(name: str, **options: Any) -> Any:
         key_serializer="raw",
         value_serializer="raw",
         partitions=settings.partitions,
+        internal=True,  # the worker creates its topics when they are missing
         **options,
     )
 

@@ -89,7 +89,9 @@ def parse_step(raw: Mapping[str, Any]) -> UpcastStep:
     )
 
 
-def apply_steps(payload: Mapping[str, Any], chain: Sequence[Sequence[UpcastStep]]) -> dict[str, Any]:
+def apply_steps(
+    payload: Mapping[str, Any], chain: Sequence[Sequence[UpcastStep]]
+) -> dict[str, Any]:
     """Apply each version's steps in order, returning a new payload."""
     result = dict(payload)
     for steps in chain:

@@ -83,7 +83,8 @@ class EventValidator:
     def check(self, raw: bytes) -> Accepted | Rejected:
         if len(raw) > self._max_bytes:
             return Rejected(
-                Reason.OVERSIZED, f"{len(raw)} bytes, limit {self._max_bytes}",
+                Reason.OVERSIZED,
+                f"{len(raw)} bytes, limit {self._max_bytes}",
             )
         try:
             doc = orjson.loads(raw)
@@ -98,7 +99,10 @@ class EventValidator:
         except NonFiniteNumberError as error:
             event_id, entity_id = _ids_of_lenient(raw)
             return Rejected(
-                Reason.NON_FINITE, f"non-finite number {error}", event_id, entity_id,
+                Reason.NON_FINITE,
+                f"non-finite number {error}",
+                event_id,
+                entity_id,
             )
         except ValueError as error:
             return Rejected(Reason.NOT_JSON, str(error))
@@ -136,7 +140,7 @@ class EventValidator:
         return Accepted(upcast, envelope.schema_version)
 
 
-def _envelope(doc: dict[str, Any]) -> Envelope | Rejected:
+def _envelope(doc: dict[str, Any]) -> Envelope | Rejected:  # noqa: PLR0911 - a check each
     event_id = doc.get("event_id")
     entity_id = doc.get("entity_id")
     ids = (
@@ -159,7 +163,9 @@ def _envelope(doc: dict[str, Any]) -> Envelope | Rejected:
     event_time = doc.get("event_time")
     if type(event_time) is not int or not 0 <= event_time <= MAX_EVENT_TIME_MS:
         return Rejected(
-            Reason.BAD_ENVELOPE, "event_time must be integer epoch milliseconds", *ids,
+            Reason.BAD_ENVELOPE,
+            "event_time must be integer epoch milliseconds",
+            *ids,
         )
     payload = doc.get("payload")
     if type(payload) is not dict:
@@ -168,7 +174,8 @@ def _envelope(doc: dict[str, Any]) -> Envelope | Rejected:
 
 
 def _check_fields(  # noqa: C901, PLR0911, PLR0912 - one flat loop is the fast path
-    payload: Mapping[str, Any], compiled: _CompiledVersion,
+    payload: Mapping[str, Any],
+    compiled: _CompiledVersion,
 ) -> tuple[Reason, str] | None:
     if not payload.keys() <= compiled.names:
         extra = sorted(payload.keys() - compiled.names)

@@ -60,4 +60,6 @@ def test_state_round_trip_continues_identically() -> None:
     copy = OutlierScreen({"amount": OutlierTransform.LOG1P}, threshold=6.0, warmup=200)
     copy.restore(screen.to_state())
     for value in (10.0, 55.0, 3.0, 70_000.0, 41.0):
-        assert copy.screen_and_learn({"amount": value}) == screen.screen_and_learn({"amount": value})
+        assert copy.screen_and_learn({"amount": value}) == screen.screen_and_learn(
+            {"amount": value}
+        )

@@ -17,7 +17,9 @@ def outcome_label(outcome: object) -> str:
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_every_synthetic_message_gets_its_labelled_outcome(payments_spec: DomainSpec, seed: int) -> None:
+def test_every_synthetic_message_gets_its_labelled_outcome(
+    payments_spec: DomainSpec, seed: int
+) -> None:
     generator = PaymentGenerator(MixSpec(count=8_000, seed=seed))
     pipeline = ValidationPipeline(payments_spec, {})
     observed: Counter[str] = Counter()
@@ -32,7 +34,13 @@ def test_every_synthetic_message_gets_its_labelled_outcome(payments_spec: Domain
 
 
 def test_state_survives_a_rebuild_from_its_stores(payments_spec: DomainSpec) -> None:
-    messages = list(PaymentGenerator(MixSpec(count=3_000, seed=4, malformed_share=0.0, duplicate_share=0.0, old_version_share=0.0)))
+    messages = list(
+        PaymentGenerator(
+            MixSpec(
+                count=3_000, seed=4, malformed_share=0.0, duplicate_share=0.0, old_version_share=0.0
+            )
+        )
+    )
     seen: dict[str, int] = {}
     first = ValidationPipeline(payments_spec, seen)
     for message in messages:

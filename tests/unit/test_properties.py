@@ -9,15 +9,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streams.codecs import decode_envelope, decode_rejection, encode_rejection, encode_valid
-from streams.envelope import Accepted, Envelope, Reason, Rejected
+from streams.envelope import Accepted, Envelope, Reason, Rejected, SourcePosition
 from streams.spec import DomainSpec, FieldSpec, FieldType
 from streams.validation import EventValidator
 
 json_leaves = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
 json_values = st.recursive(
     json_leaves,
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=12), children, max_size=5),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=5)
+    ),
     max_leaves=8,
 )
 
@@ -41,7 +42,9 @@ def test_arbitrary_bytes_never_raise(raw: bytes) -> None:
     ),
     version=st.integers(min_value=0, max_value=4),
 )
-def test_arbitrary_payloads_never_raise(payments_spec: DomainSpec, payload: dict[str, Any], version: int) -> None:
+def test_arbitrary_payloads_never_raise(
+    payments_spec: DomainSpec, payload: dict[str, Any], version: int
+) -> None:
     doc = {
         "event_id": "e",
         "schema": "payment",
@@ -61,7 +64,10 @@ def _value_for(field: FieldSpec) -> st.SearchStrategy[Any]:
     match field.type:
         case FieldType.FLOAT:
             return st.floats(
-                min_value=field.minimum, max_value=field.maximum, allow_nan=False, allow_infinity=False,
+                min_value=field.minimum,
+                max_value=field.maximum,
+                allow_nan=False,
+                allow_infinity=False,
             )
         case FieldType.INT:
             return st.integers(
@@ -98,7 +104,9 @@ def valid_events(draw: st.DrawFn, spec: DomainSpec) -> dict[str, Any]:
 
 @settings(max_examples=300)
 @given(data=st.data())
-def test_events_drawn_from_the_spec_are_accepted_and_upcast(payments_spec: DomainSpec, data: st.DataObject) -> None:
+def test_events_drawn_from_the_spec_are_accepted_and_upcast(
+    payments_spec: DomainSpec, data: st.DataObject
+) -> None:
     doc = data.draw(valid_events(payments_spec))
     outcome = EventValidator(payments_spec).check(json.dumps(doc).encode())
     assert isinstance(outcome, Accepted), outcome
@@ -130,16 +138,28 @@ def test_valid_event_codec_round_trip(payments_spec: DomainSpec, data: st.DataOb
     offset=st.integers(min_value=0, max_value=2**62),
 )
 def test_rejection_codec_round_trip(
-    reason: Reason, detail: str, original: bytes, event_id: str | None, partition: int, offset: int,
+    reason: Reason,
+    detail: str,
+    original: bytes,
+    event_id: str | None,
+    partition: int,
+    offset: int,
 ) -> None:
     rejection = Rejected(reason, detail, event_id, None)
     record = decode_rejection(
         encode_rejection(
-            rejection, original, source_topic="events.raw", partition=partition, offset=offset, rejected_at_ms=5,
+            rejection,
+            original,
+            SourcePosition("events.raw", partition, offset),
+            rejected_at_ms=5,
         ),
     )
     assert record["original"] == original
-    assert (record["reason"], record["detail"], record["event_id"]) == (reason.value, detail, event_id)
+    assert (record["reason"], record["detail"], record["event_id"]) == (
+        reason.value,
+        detail,
+        event_id,
+    )
     assert record["source"] == {"topic": "events.raw", "partition": partition, "offset": offset}
 
 

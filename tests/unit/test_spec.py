@@ -5,7 +5,15 @@ from pathlib import Path
 import pytest
 
 from streams.spec import DomainSpec, FieldType, SpecError, load_spec, parse_spec
-from streams.upcast import Default, MapValues, Rename, Scale, UpcastSpecError, apply_steps, parse_step
+from streams.upcast import (
+    Default,
+    MapValues,
+    Rename,
+    Scale,
+    UpcastSpecError,
+    apply_steps,
+    parse_step,
+)
 
 MINIMAL = b"""
 [domain]
@@ -50,7 +58,10 @@ def test_a_new_domain_is_just_a_file(tmp_path: Path) -> None:
     ("edit", "message"),
     [
         (lambda s: s.replace(b"current_version = 2", b"current_version = 3"), "current version 3"),
-        (lambda s: s.replace(b'type = "float", outlier', b'type = "decimal", outlier'), "type must be"),
+        (
+            lambda s: s.replace(b'type = "float", outlier', b'type = "decimal", outlier'),
+            "type must be",
+        ),
         (lambda s: s.replace(b'op = "rename"', b'op = "explode"'), "unknown upcast op"),
         (lambda s: s.replace(b"max_message_bytes = 1024", b"max_message_bytes = -1"), "positive"),
         (lambda s: s.replace(b"min = -100", b"minimum = -100"), "unknown keys"),

@@ -102,7 +102,9 @@ def test_optional_field_may_be_absent_or_present(validator: EventValidator) -> N
         (b'{"amount": 1e400}', Reason.NON_FINITE),
     ],
 )
-def test_unparseable_input_is_rejected(validator: EventValidator, raw: bytes, reason: Reason) -> None:
+def test_unparseable_input_is_rejected(
+    validator: EventValidator, raw: bytes, reason: Reason
+) -> None:
     outcome = validator.check(raw)
     assert isinstance(outcome, Rejected)
     assert outcome.reason is reason
@@ -118,7 +120,11 @@ def test_non_finite_keeps_ids_for_the_dead_letter(validator: EventValidator) -> 
     raw = json.dumps(event(payload={"amount": math.inf})).encode()
     outcome = validator.check(raw)
     assert isinstance(outcome, Rejected)
-    assert (outcome.reason, outcome.event_id, outcome.entity_id) == (Reason.NON_FINITE, "e-1", "card-1")
+    assert (outcome.reason, outcome.event_id, outcome.entity_id) == (
+        Reason.NON_FINITE,
+        "e-1",
+        "card-1",
+    )
 
 
 @pytest.mark.parametrize(
@@ -151,7 +157,9 @@ def test_non_finite_keeps_ids_for_the_dead_letter(validator: EventValidator) -> 
     ],
 )
 def test_bad_events_get_their_reason(
-    validator: EventValidator, overrides: dict[str, Any], reason: Reason,
+    validator: EventValidator,
+    overrides: dict[str, Any],
+    reason: Reason,
 ) -> None:
     outcome = validator.check(encode(event(**overrides)))
     assert isinstance(outcome, Rejected), outcome

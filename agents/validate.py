@@ -7,10 +7,10 @@ partition) lives in changelogged tables, so a restarted worker resumes where it 
 
 from __future__ import annotations
 
+import base64
 import time
 from typing import Any
 
-import faust
 import structlog
 
 from streams import topics
@@ -31,11 +31,11 @@ seen_ids = app.Table(
     value_type=int,
     partitions=settings.partitions,
 )
+# Outlier statistics per "<partition>:<schema>", base64 text (the changelog is JSON).
 screen_state = app.Table(
     "validate-screen-state",
-    schema=faust.Schema(
-        key_type=str, value_type=bytes, key_serializer="raw", value_serializer="raw",
-    ),
+    key_type=str,
+    value_type=str,
     partitions=settings.partitions,
 )
 pipeline = ValidationPipeline(spec, seen_ids)
@@ -54,7 +54,10 @@ async def validate(stream: Any) -> None:
     since_checkpoint: dict[int, int] = {}
     async for event in stream.events():
         if _needs_rebuild:
-            pipeline.rebuild(seen_ids.items(), screen_state.items())
+            pipeline.rebuild(
+                seen_ids.items(),
+                ((key, base64.b64decode(state)) for key, state in screen_state.items()),
+            )
             _needs_rebuild = False
             log.info("validate.state_rebuilt", seen_ids=len(seen_ids))
         message = event.message
@@ -65,7 +68,7 @@ async def validate(stream: Any) -> None:
             count = since_checkpoint.get(partition, 0) + 1
             if count >= SCREEN_CHECKPOINT_EVERY:
                 for key, state in pipeline.partition_states(partition).items():
-                    screen_state[key] = state
+                    screen_state[key] = base64.b64encode(state).decode("ascii")
                 count = 0
             since_checkpoint[partition] = count
         else:

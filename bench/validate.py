@@ -53,7 +53,7 @@ def agent_events_per_s(count: int = 20_000) -> dict[str, float]:
     and the rate is ``count`` over the time from the first send to the last output
     collected. The worker runs on the same two cores as the producer and the collector.
     """
-    infra.require_running()
+    infra.up(infra.default_state_dir())  # idempotent: reuses what runs
     with tempfile.TemporaryDirectory(prefix="headrace-bench-") as scratch:
         env = isolated_env(Path(scratch), name=f"bench-{uuid.uuid4().hex[:8]}")
         run_settings = Settings.from_env({**os.environ, **env})

@@ -41,7 +41,7 @@ def isolated_env(base_dir: Path, *, name: str | None = None, **extra: str) -> di
 class WorkerProcess:
     env: dict[str, str]
     log_path: Path
-    loglevel: str = "warning"
+    loglevel: str = "warn"
     process: subprocess.Popen[bytes] | None = None
     _log: IO[bytes] | None = field(default=None, repr=False)
 

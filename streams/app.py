@@ -24,6 +24,9 @@ app = faust.App(
     # At-least-once with idempotent keys; see DESIGN.md section 5 on exactly_once.
     processing_guarantee="at_least_once",
     broker_commit_every=2_000,
+    # A worker that dies is noticed within 10 s, so its partitions move on quickly.
+    broker_session_timeout=10.0,
+    broker_heartbeat_interval=3.0,
     broker_commit_interval=1.0,
     producer_linger_ms=5,
     stream_buffer_maxsize=8_192,

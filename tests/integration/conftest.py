@@ -1,0 +1,62 @@
+"""Integration fixtures: the real broker, Redis and S3 endpoint, and isolated workers.
+
+The servers are started once per session with ``headrace infra up`` (reused when already
+running, stopped at the end only if this session started them). A server that cannot
+start fails the run with the reason; integration tests are never skipped.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from headrace import infra
+from headrace.worker_process import WorkerProcess, isolated_env
+from streams.settings import REPO_ROOT, Settings
+
+ARTIFACTS = REPO_ROOT / "test-artifacts"
+
+
+@pytest.fixture(scope="session")
+def infrastructure() -> Iterator[list[infra.ServiceStatus]]:
+    state_dir = infra.default_state_dir()
+    before = {s.name for s in infra.status(state_dir) if s.running}
+    try:
+        services = infra.up(state_dir)
+    except infra.InfraError as error:
+        pytest.fail(f"the integration servers could not start: {error}", pytrace=False)
+    yield services
+    if not before and os.environ.get("HEADRACE_KEEP_INFRA") != "1":
+        infra.down(state_dir)
+
+
+@dataclass
+class IsolatedRun:
+    """Its own topics, consumer group, state directory and worker log files."""
+
+    env: dict[str, str]
+    settings: Settings
+    log_dir: Path
+    workers: list[WorkerProcess] = field(default_factory=list)
+
+    def start_worker(self, name: str = "worker") -> WorkerProcess:
+        worker = WorkerProcess(env=self.env, log_path=self.log_dir / f"{name}.log")
+        worker.start()
+        self.workers.append(worker)
+        return worker
+
+
+@pytest.fixture
+def isolated(
+    infrastructure: list[infra.ServiceStatus], tmp_path: Path, request: pytest.FixtureRequest,
+) -> Iterator[IsolatedRun]:
+    log_dir = ARTIFACTS / request.node.name
+    env = isolated_env(tmp_path)
+    run = IsolatedRun(env=env, settings=Settings.from_env({**os.environ, **env}), log_dir=log_dir)
+    yield run
+    for worker in run.workers:
+        worker.stop()

@@ -69,6 +69,7 @@ KAFKA_LOG4J2_CONFIG: Final = KAFKA_DEPLOY_DIR / "log4j2.properties"
 MAVEN_DEPENDENCY_PLUGIN: Final = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
 KAFKA_HEAP: Final = "512m"
 MIN_JAVA_MAJOR: Final = 17
+LIBS_MARKER: Final = ".pom.sha256"  # in libs: the hash of the pom the jars were copied for
 
 KAFKA_START_TIMEOUT_S: Final = 90.0
 KAFKA_STOP_TIMEOUT_S: Final = 20.0
@@ -79,7 +80,7 @@ PORT_CLOSE_TIMEOUT_S: Final = 10.0
 MAVEN_TIMEOUT_S: Final = 900.0
 POLL_INTERVAL_S: Final = 0.25
 PROBE_TIMEOUT_S: Final = 2.0
-LOG_TAIL_LINES: Final = 15
+LOG_TAIL_LINES: Final = 10
 
 # The pid file's process must have this in its command line to count as ours: a pid file that
 # outlived its process must not make ``down`` signal whatever process reused the pid.
@@ -213,18 +214,23 @@ def up(state_dir: Path) -> list[ServiceStatus]:
         # The quick services are launched first so that they boot while Kafka's jars are
         # assembled and its storage is formatted; then every launched service is waited for.
         ordered = sorted(services, key=lambda s: s.start_order)
+        to_start: list[_Service] = []
         for service in ordered:
             pid = _owned_pid(service)
-            if pid is None:
-                service.pid_file.unlink(missing_ok=True)
-                if _port_open(service.port):
-                    results[service.name] = _external(service)
-                    continue
-                service.prepare()
-                started = time.monotonic()
-                pending[service.name] = (service.launch(), started, True)
-            else:  # ours; answering already, or still starting
+            if pid is not None:  # ours; answering already, or still starting
                 pending[service.name] = (pid, time.monotonic(), False)
+                continue
+            service.pid_file.unlink(missing_ok=True)
+            if _port_open(service.port):
+                results[service.name] = _external(service)
+            else:
+                to_start.append(service)
+        for service in to_start:  # every missing tool is reported before anything starts
+            service.require()
+        for service in to_start:
+            service.prepare()
+            started = time.monotonic()
+            pending[service.name] = (service.launch(), started, True)
         for service in ordered:
             if service.name not in pending:
                 continue
@@ -290,7 +296,10 @@ def status(state_dir: Path) -> list[ServiceStatus]:
                 )
             )
         elif pid is not None:
-            detail = f"process {pid} is alive but {service.address} does not answer (starting?)"
+            detail = (
+                f"process {pid} is alive but {service.address} does not answer"
+                " (still starting, or started on another port)"
+            )
             results.append(
                 ServiceStatus(service.name, service.address, running=False, pid=pid, detail=detail)
             )
@@ -315,7 +324,8 @@ class _Service:
     start_timeout_s: float
     stop_timeout_s: float
     probe: Callable[[], bool]
-    prepare: Callable[[], None]
+    require: Callable[[], None]  # cheap checks that the tools it needs are installed
+    prepare: Callable[[], None]  # slow one-off work before the launch
     launch: Callable[[], int | None]
 
 
@@ -333,6 +343,7 @@ def _services(state_dir: Path, ports: Ports) -> list[_Service]:
             start_timeout_s=KAFKA_START_TIMEOUT_S,
             stop_timeout_s=KAFKA_STOP_TIMEOUT_S,
             probe=lambda: _kafka_ready(ports.kafka),
+            require=lambda: _require_kafka(state_dir),
             prepare=lambda: _prepare_kafka(state_dir, ports),
             launch=lambda: _launch_kafka(state_dir),
         ),
@@ -347,7 +358,8 @@ def _services(state_dir: Path, ports: Ports) -> list[_Service]:
             start_timeout_s=REDIS_START_TIMEOUT_S,
             stop_timeout_s=STOP_TIMEOUT_S,
             probe=lambda: _redis_ready(ports.redis),
-            prepare=_require_redis,
+            require=_require_redis,
+            prepare=_nothing,
             launch=lambda: _launch_redis(state_dir, ports.redis),
         ),
         _Service(
@@ -361,7 +373,8 @@ def _services(state_dir: Path, ports: Ports) -> list[_Service]:
             start_timeout_s=S3_START_TIMEOUT_S,
             stop_timeout_s=STOP_TIMEOUT_S,
             probe=lambda: _http_ok(ports.s3, "/"),
-            prepare=_require_moto,
+            require=_require_moto,
+            prepare=_nothing,
             launch=lambda: _launch_s3(state_dir, ports.s3),
         ),
     ]
@@ -423,24 +436,29 @@ def _died_message(service: _Service, pid: int) -> str:
 
 
 def _log_tails(service: _Service) -> str:
-    parts: list[str] = []
+    """The end of the first of the service's logs that has anything in it, stack frames left out."""
     for path in service.log_files:
         lines = _tail(path, LOG_TAIL_LINES)
         if lines:
-            parts.append(f"\nlast lines of {path}:\n" + "\n".join(lines))
-    return "".join(parts) or f"\n(no log output in {', '.join(map(str, service.log_files))})"
+            others = [str(other) for other in service.log_files if other != path]
+            more = f"\n(more in {', '.join(others)})" if others else ""
+            return f"\nlast lines of {path}:\n" + "\n".join(lines) + more
+    return f"\n(no log output in {', '.join(map(str, service.log_files))})"
+
+
+_STACK_FRAME: Final = re.compile(r"^\s+(at |\.\.\. \d+ more)")
 
 
 def _tail(path: Path, count: int) -> list[str]:
     try:
         with path.open("rb") as handle:
             handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, handle.tell() - 64 * 1024))
+            handle.seek(max(0, handle.tell() - 256 * 1024))
             data = handle.read()
     except OSError:
         return []
     lines = [line.rstrip() for line in data.decode("utf-8", "replace").splitlines()]
-    return [line for line in lines if line][-count:]
+    return [line for line in lines if line.strip() and not _STACK_FRAME.match(line)][-count:]
 
 
 # --------------------------------------------------------------------------------------------
@@ -451,11 +469,27 @@ def _kafka_dir(state_dir: Path) -> Path:
     return state_dir / "kafka"
 
 
-def _prepare_kafka(state_dir: Path, ports: Ports) -> None:
-    java = _require_java()
+def _nothing() -> None:
+    return None
+
+
+def _require_kafka(state_dir: Path) -> None:
+    _require_java()
     for path in (KAFKA_POM, KAFKA_LOG4J2_CONFIG):
         if not path.is_file():
             raise InfraError(f"{path} is missing: headrace.infra runs from a repository checkout")
+    if not _kafka_libs_current(_kafka_dir(state_dir) / "libs") and shutil.which("mvn") is None:
+        raise InfraError(f"mvn not found (needed once, to fetch Kafka's jars): {MAVEN_HINT}")
+
+
+def _kafka_libs_current(libs: Path) -> bool:
+    marker = libs / LIBS_MARKER
+    pom_hash = hashlib.sha256(KAFKA_POM.read_bytes()).hexdigest()
+    return marker.is_file() and marker.read_text(encoding="utf-8").strip() == pom_hash
+
+
+def _prepare_kafka(state_dir: Path, ports: Ports) -> None:
+    java = _require_java()
     kafka_dir = _kafka_dir(state_dir)
     (kafka_dir / "logs").mkdir(parents=True, exist_ok=True)
     libs = _assemble_kafka_libs(kafka_dir)
@@ -506,10 +540,9 @@ def _server_properties(ports: Ports, data_dir: Path) -> str:
 def _assemble_kafka_libs(kafka_dir: Path) -> Path:
     """Copy Kafka's jars from Maven Central into ``libs`` unless the same pom did already."""
     libs = kafka_dir / "libs"
-    marker = libs / ".pom.sha256"
-    pom_hash = hashlib.sha256(KAFKA_POM.read_bytes()).hexdigest()
-    if marker.is_file() and marker.read_text(encoding="utf-8").strip() == pom_hash:
+    if _kafka_libs_current(libs):
         return libs
+    pom_hash = hashlib.sha256(KAFKA_POM.read_bytes()).hexdigest()
     mvn = shutil.which("mvn")
     if mvn is None:
         raise InfraError(f"mvn not found (needed once, to fetch Kafka's jars): {MAVEN_HINT}")
@@ -543,7 +576,7 @@ def _assemble_kafka_libs(kafka_dir: Path) -> Path:
             f"mvn copy-dependencies failed (exit {completed.returncode}) for {KAFKA_POM}:\n"
             + output
         )
-    (partial / marker.name).write_text(pom_hash + "\n", encoding="utf-8")
+    (partial / LIBS_MARKER).write_text(pom_hash + "\n", encoding="utf-8")
     shutil.rmtree(libs, ignore_errors=True)
     partial.rename(libs)
     return libs
@@ -584,7 +617,7 @@ def _run_java_tool(java: str, libs: Path, state_dir: Path, *args: str) -> str:
 def _launch_kafka(state_dir: Path) -> int:
     kafka_dir = _kafka_dir(state_dir)
     command = [
-        _require_java(),
+        shutil.which("java") or "java",
         f"-Xms{KAFKA_HEAP}",
         f"-Xmx{KAFKA_HEAP}",
         "-XX:+UseG1GC",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import faust
 
 from streams.settings import Settings
@@ -31,3 +33,19 @@ app = faust.App(
     producer_linger_ms=5,
     stream_buffer_maxsize=8_192,
 )
+
+
+async def restore_root_log_level() -> None:
+    """Undo the start-up spinner's DEBUG root level once the worker runs.
+
+    With ``-l warn`` (or higher) faust's worker lowers the root logger to DEBUG so that its
+    terminal spinner turns on every record; it never raises it again, and every debug call
+    in aiokafka then builds a LogRecord: about a tenth of the agent's time. The first
+    handler carries the level asked for on the command line.
+    """
+    root = logging.getLogger()
+    if root.handlers and root.handlers[0].level > root.level:
+        root.setLevel(root.handlers[0].level)
+
+
+app.task(restore_root_log_level)

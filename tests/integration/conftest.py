@@ -52,7 +52,9 @@ class IsolatedRun:
 
 @pytest.fixture
 def isolated(
-    infrastructure: list[infra.ServiceStatus], tmp_path: Path, request: pytest.FixtureRequest,
+    infrastructure: list[infra.ServiceStatus],
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> Iterator[IsolatedRun]:
     log_dir = ARTIFACTS / request.node.name
     env = isolated_env(tmp_path)

@@ -53,8 +53,31 @@ async def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int) -
         if wanted:
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(wanted)
+            await _wait_for_leaders(admin, [t.name for t in wanted], partitions)
     finally:
         await admin.close()
+
+
+async def _wait_for_leaders(
+    admin: AIOKafkaAdminClient,
+    names: list[str],
+    partitions: int,
+    timeout_s: float = 30.0,
+) -> None:
+    """Wait until every new partition has a leader, so the first sends are not refused."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        described = await admin.describe_topics(names)
+        led = [
+            p
+            for topic in described
+            if topic.get("error_code") == 0
+            for p in topic.get("partitions", [])
+            if p.get("leader", -1) >= 0
+        ]
+        if len(led) >= partitions * len(names):
+            return
+        await asyncio.sleep(0.1)
 
 
 async def produce(

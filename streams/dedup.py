@@ -1,7 +1,7 @@
 """Deduplication by event id within an event-time horizon.
 
-The remembered ids live in a mapping the caller provides: a changelogged Faust table in
-the worker (so the memory survives a restart), a dict in tests. An in-memory heap orders
+The remembered ids live in a mapping the caller provides, under an optional key prefix: a
+changelogged Faust table in the worker (so the memory survives a restart), a dict in tests. An in-memory heap orders
 the ids by event time so that expiry is explicit and cheap; after a restart it is rebuilt
 from the mapping with :meth:`Deduplicator.rebuild`.
 """
@@ -9,7 +9,7 @@ from the mapping with :meth:`Deduplicator.rebuild`.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Iterator, MutableMapping
+from collections.abc import Iterable, MutableMapping
 
 
 class Deduplicator:
@@ -18,11 +18,17 @@ class Deduplicator:
 
     expire_every = 64
 
-    def __init__(self, horizon_ms: int, store: MutableMapping[str, int]) -> None:
+    def __init__(
+        self,
+        horizon_ms: int,
+        store: MutableMapping[str, int],
+        key_prefix: str = "",
+    ) -> None:
         if horizon_ms <= 0:
             raise ValueError("horizon_ms must be positive")
         self.horizon_ms = horizon_ms
         self._store = store
+        self._prefix = key_prefix
         self._expiry: list[tuple[int, str]] = []
         self._watermark: int | None = None
         self._since_expiry = 0
@@ -36,11 +42,11 @@ class Deduplicator:
         return len(self._expiry)
 
     def is_duplicate(self, event_id: str) -> bool:
-        return event_id in self._store
+        return self._prefix + event_id in self._store
 
     def remember(self, event_id: str, event_time: int) -> list[str]:
         """Record an accepted event; return the ids that fell out of the horizon."""
-        self._store[event_id] = event_time
+        self._store[self._prefix + event_id] = event_time
         heapq.heappush(self._expiry, (event_time, event_id))
         if self._watermark is None or event_time > self._watermark:
             self._watermark = event_time
@@ -58,8 +64,9 @@ class Deduplicator:
         expired: list[str] = []
         while self._expiry and self._expiry[0][0] < cutoff:
             event_time, event_id = heapq.heappop(self._expiry)
-            if self._store.get(event_id) == event_time:
-                del self._store[event_id]
+            key = self._prefix + event_id
+            if self._store.get(key) == event_time:
+                del self._store[key]
                 expired.append(event_id)
         return expired
 
@@ -70,35 +77,10 @@ class Deduplicator:
         self._watermark = max((t for t, _ in self._expiry), default=self._watermark)
 
 
-class PartitionView(MutableMapping[str, int]):
-    """The ids of one partition inside a store shared by all partitions.
-
-    Keys are stored as ``"<partition>:<event_id>"`` so that a partition's memory can be
-    found again after a restart or a rebalance, and expiry deletes only its own keys.
-    """
-
-    def __init__(self, store: MutableMapping[str, int], partition: int) -> None:
-        self._store = store
-        self._prefix = f"{partition}:"
-
-    def __getitem__(self, event_id: str) -> int:
-        return self._store[self._prefix + event_id]
-
-    def __setitem__(self, event_id: str, event_time: int) -> None:
-        self._store[self._prefix + event_id] = event_time
-
-    def __delitem__(self, event_id: str) -> None:
-        del self._store[self._prefix + event_id]
-
-    def __contains__(self, event_id: object) -> bool:
-        return isinstance(event_id, str) and (self._prefix + event_id) in self._store
-
-    def __iter__(self) -> Iterator[str]:
-        size = len(self._prefix)
-        return (key[size:] for key in self._store if key.startswith(self._prefix))
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
+def partition_key_prefix(partition: int) -> str:
+    """Keys are stored as ``"<partition>:<event_id>"``: a partition's memory can be found
+    again after a restart or a rebalance, and expiry deletes only its own keys."""
+    return f"{partition}:"
 
 
 def split_partition_key(key: str) -> tuple[int, str]:

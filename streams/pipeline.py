@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass, field
 
-from streams.dedup import Deduplicator, PartitionView, split_partition_key
+from streams.dedup import Deduplicator, partition_key_prefix, split_partition_key
 from streams.envelope import Accepted, Reason, Rejected
 from streams.outliers import OutlierScreen
 from streams.spec import DomainSpec
@@ -35,8 +35,11 @@ class ValidationPipeline:
     def dedup_for(self, partition: int) -> Deduplicator:
         dedup = self._dedups.get(partition)
         if dedup is None:
-            view = PartitionView(self._seen_ids, partition)
-            dedup = self._dedups[partition] = Deduplicator(self.spec.dedup_horizon_ms, view)
+            dedup = self._dedups[partition] = Deduplicator(
+                self.spec.dedup_horizon_ms,
+                self._seen_ids,
+                partition_key_prefix(partition),
+            )
         return dedup
 
     def rebuild(

@@ -140,7 +140,28 @@ class EventValidator:
         return Accepted(upcast, envelope.schema_version)
 
 
-def _envelope(doc: dict[str, Any]) -> Envelope | Rejected:  # noqa: PLR0911 - a check each
+def _envelope(doc: dict[str, Any]) -> Envelope | Rejected:
+    """The envelope of a well-formed event in one pass; a diagnosis for anything else."""
+    get = doc.get
+    event_id, entity_id, event_time = get("event_id"), get("entity_id"), get("event_time")
+    schema, version, payload = get("schema"), get("schema_version"), get("payload")
+    if (
+        type(event_id) is str
+        and type(entity_id) is str
+        and type(schema) is str
+        and type(version) is int
+        and type(event_time) is int
+        and type(payload) is dict
+        and 0 < len(event_id) <= MAX_ID_LENGTH
+        and 0 < len(entity_id) <= MAX_ID_LENGTH
+        and 0 <= event_time <= MAX_EVENT_TIME_MS
+        and doc.keys() <= ENVELOPE_KEYS
+    ):
+        return Envelope(event_id, schema, version, entity_id, event_time, payload)
+    return _diagnose_envelope(doc)
+
+
+def _diagnose_envelope(doc: dict[str, Any]) -> Envelope | Rejected:  # noqa: PLR0911 - a check each
     event_id = doc.get("event_id")
     entity_id = doc.get("entity_id")
     ids = (

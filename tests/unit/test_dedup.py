@@ -3,7 +3,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.dedup import Deduplicator, PartitionView, split_partition_key
+from streams.dedup import Deduplicator, partition_key_prefix, split_partition_key
 
 
 def test_duplicate_within_horizon_is_seen() -> None:
@@ -52,16 +52,16 @@ def test_matches_a_brute_force_oracle(events: list[tuple[str, int]]) -> None:
             accepted = {k: t for k, t in accepted.items() if t >= high - horizon}
 
 
-def test_partition_view_keeps_partitions_apart() -> None:
+def test_partitions_keep_apart_in_one_store() -> None:
     store: dict[str, int] = {}
-    zero, one = PartitionView(store, 0), PartitionView(store, 1)
-    zero["x"] = 1
-    assert "x" in zero
-    assert "x" not in one
-    one["x"] = 2
+    zero = Deduplicator(1_000, store, partition_key_prefix(0))
+    one = Deduplicator(1_000, store, partition_key_prefix(1))
+    zero.remember("x", 1)
+    assert zero.is_duplicate("x")
+    assert not one.is_duplicate("x")
+    one.remember("x", 2)
     assert sorted(store) == ["0:x", "1:x"]
-    assert list(zero) == ["x"]
-    assert len(one) == 1
-    del zero["x"]
-    assert store == {"1:x": 2}
+    zero.remember("y", 5_000)
+    assert zero.expire() == ["x"]
+    assert store == {"1:x": 2, "0:y": 5_000}
     assert split_partition_key("12:ev:1") == (12, "ev:1")

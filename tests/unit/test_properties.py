@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -163,10 +164,7 @@ def test_rejection_codec_round_trip(
     assert record["source"] == {"topic": "events.raw", "partition": partition, "offset": offset}
 
 
-def test_envelope_is_frozen() -> None:
+def test_envelope_is_immutable() -> None:
     envelope = Envelope("e", "payment", 3, "c", 1, {})
-    try:
+    with pytest.raises(AttributeError):
         envelope.event_id = "x"  # type: ignore[misc]
-    except AttributeError:
-        return
-    raise AssertionError("Envelope must be immutable")

@@ -1,9 +1,9 @@
 """Deduplication by event id within an event-time horizon.
 
 The remembered ids live in a mapping the caller provides, under an optional key prefix: a
-changelogged Faust table in the worker (so the memory survives a restart), a dict in tests. An in-memory heap orders
-the ids by event time so that expiry is explicit and cheap; after a restart it is rebuilt
-from the mapping with :meth:`Deduplicator.rebuild`.
+changelogged Faust table in the worker (so the memory survives a restart), a dict in tests.
+An in-memory heap orders the ids by event time so that expiry is explicit and cheap; after
+a restart it is rebuilt from the mapping with :meth:`Deduplicator.rebuild`.
 """
 
 from __future__ import annotations

@@ -62,10 +62,10 @@ def _summarise(
 ) -> int:
     reasons = outputs.rejected_by_reason()
     click.echo("")
-    click.echo(f"{'outcome':<20}{'expected':>10}{'observed':>10}")
-    click.echo(f"{'valid':<20}{expected[VALID]:>10}{len(outputs.valid):>10}")
+    click.echo(f"{'outcome':<28}{'expected':>10}{'observed':>10}")
+    click.echo(f"{'valid':<28}{expected[VALID]:>10}{len(outputs.valid):>10}")
     for reason in sorted(set(reasons) | (set(expected) - {VALID})):
-        click.echo(f"{'rejected ' + reason:<20}{expected[reason]:>10}{reasons[reason]:>10}")
+        click.echo(f"{'rejected ' + reason:<28}{expected[reason]:>10}{reasons[reason]:>10}")
     total = sum(expected.values())
     click.echo(
         f"{total} events through {settings.topics.raw} in {elapsed:.1f} s: "

@@ -61,17 +61,21 @@ class Settings:
         env = os.environ if environ is None else environ
         defaults = cls()
         prefix = env.get("HEADRACE_TOPIC_PREFIX", "")
+        # Without explicit URLs, follow the ports `headrace infra up` was given.
+        kafka_port = _int(env, "HEADRACE_KAFKA_PORT", 9092, minimum=1)
+        redis_port = _int(env, "HEADRACE_REDIS_PORT", 6390, minimum=1)
+        s3_port = _int(env, "HEADRACE_S3_PORT", 5055, minimum=1)
         return cls(
             app_id=env.get("HEADRACE_APP_ID", defaults.app_id),
-            broker=env.get("HEADRACE_BROKER", defaults.broker),
+            broker=env.get("HEADRACE_BROKER", f"kafka://127.0.0.1:{kafka_port}"),
             store=env.get("HEADRACE_STORE", defaults.store),
             data_dir=Path(env.get("HEADRACE_DATA_DIR", str(defaults.data_dir))),
             web_port=_int(env, "HEADRACE_WEB_PORT", defaults.web_port, minimum=1),
             partitions=_int(env, "HEADRACE_PARTITIONS", defaults.partitions, minimum=1),
             spec_path=Path(env.get("HEADRACE_SPEC", str(defaults.spec_path))),
             topics=TopicNames().prefixed(prefix),
-            redis_url=env.get("HEADRACE_REDIS_URL", defaults.redis_url),
-            s3_endpoint_url=env.get("HEADRACE_S3_ENDPOINT_URL", defaults.s3_endpoint_url),
+            redis_url=env.get("HEADRACE_REDIS_URL", f"redis://127.0.0.1:{redis_port}/0"),
+            s3_endpoint_url=env.get("HEADRACE_S3_ENDPOINT_URL", f"http://127.0.0.1:{s3_port}"),
         )
 
 

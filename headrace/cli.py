@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _load_app() -> Any:
-    import agents.validate  # noqa: F401 - registers the agent and its tables
+    import agents.ingest  # noqa: F401 - registers the agents and their tables
     from streams.app import app
 
     app.finalize()

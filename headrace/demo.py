@@ -73,7 +73,7 @@ def _summarise(
     )
     click.echo(
         f"dead letters with reasons: {settings.topics.rejected}; "
-        f"valid events: {settings.topics.valid}"
+        f"feature records: {settings.topics.features}"
     )
     matches = len(outputs.valid) == expected[VALID] and all(
         reasons[r] == n for r, n in expected.items() if r != VALID

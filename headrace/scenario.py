@@ -24,7 +24,7 @@ PROBE = b'{"probe": "readiness"}'
 
 @dataclass(frozen=True)
 class Outputs:
-    valid: list[Record]
+    valid: list[Record]  # on the features topic (or events.valid for a domain without features)
     rejected: list[Record]
 
     def rejected_by_reason(self) -> Counter[str]:
@@ -78,13 +78,13 @@ async def collect_outputs(
     names = settings.topics
     records = await collect(
         settings.bootstrap_servers,
-        [names.valid, names.rejected],
+        [names.valid, names.features, names.rejected],
         until=lambda got: sum(r.key != b"probe" for r in got) >= expected_total,
         timeout_s=timeout_s,
         idle_s=idle_s,
     )
     return Outputs(
-        valid=[r for r in records if r.topic == names.valid],
+        valid=[r for r in records if r.topic in {names.valid, names.features}],
         rejected=[r for r in records if r.topic == names.rejected and r.key != b"probe"],
     )
 

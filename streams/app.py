@@ -5,8 +5,17 @@ from __future__ import annotations
 import logging
 
 import faust
+import structlog
 
 from streams.settings import Settings
+
+# Structured logs go through the standard library, so the worker's -l level applies.
+structlog.configure(
+    logger_factory=structlog.stdlib.LoggerFactory(),
+    wrapper_class=structlog.stdlib.BoundLogger,
+    processors=[structlog.processors.KeyValueRenderer(key_order=["event"])],
+    cache_logger_on_first_use=True,
+)
 
 settings = Settings.from_env()
 settings.data_dir.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 
 from streams.envelope import Accepted, Envelope, Rejected, SourcePosition
+from tables.rows import FeatureRow
 
 
 class NonFiniteNumberError(ValueError):
@@ -100,3 +101,45 @@ def decode_rejection(data: bytes) -> dict[str, Any]:
     record: dict[str, Any] = orjson.loads(data)
     record["original"] = base64.b64decode(record.pop("original_b64"))
     return record
+
+
+def encode_features(outcome: Accepted, source: SourcePosition) -> bytes:
+    """The ``features`` record: the event as validated plus its feature vector.
+
+    This topic is the replayable record of what a model saw: the envelope (upcast), the
+    feature values in spec order, the feature-definition version, and where the event was
+    read. ``redelivered`` marks a message read again after a restart (its state was
+    already counted; consumers key on ``event_id``).
+    """
+    envelope = outcome.envelope
+    featured = outcome.features
+    record: dict[str, Any] = {
+        "event_id": envelope.event_id,
+        "entity_id": envelope.entity_id,
+        "event_time": envelope.event_time,
+        "schema": envelope.schema,
+        "schema_version": envelope.schema_version,
+        "payload": dict(envelope.payload),
+        "feature_version": featured.row.feature_version,
+        "features": featured.row.values,
+        "source": {"topic": source.topic, "partition": source.partition, "offset": source.offset},
+        "redelivered": featured.redelivered,
+    }
+    if outcome.original_version != envelope.schema_version:
+        record["upcast_from"] = outcome.original_version
+    return orjson.dumps(record)
+
+
+def decode_features(data: bytes) -> dict[str, Any]:
+    record: dict[str, Any] = orjson.loads(data)
+    return record
+
+
+def feature_row_of(record: dict[str, Any]) -> FeatureRow:
+    return FeatureRow(
+        entity_id=record["entity_id"],
+        event_time=record["event_time"],
+        event_id=record["event_id"],
+        feature_version=record["feature_version"],
+        values=record["features"],
+    )

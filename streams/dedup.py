@@ -21,7 +21,7 @@ class Deduplicator:
     def __init__(
         self,
         horizon_ms: int,
-        store: MutableMapping[str, int],
+        store: MutableMapping[str, list[int]],
         key_prefix: str = "",
     ) -> None:
         if horizon_ms <= 0:
@@ -41,12 +41,19 @@ class Deduplicator:
     def __len__(self) -> int:
         return len(self._expiry)
 
-    def is_duplicate(self, event_id: str) -> bool:
-        return self._prefix + event_id in self._store
+    def is_duplicate(self, event_id: str, offset: int | None = None) -> bool:
+        """Whether the id was accepted before from another message.
 
-    def remember(self, event_id: str, event_time: int) -> list[str]:
+        The same id at the same ``offset`` is the same message read again after a restart
+        (at-least-once redelivery), not a duplicate: downstream state decides whether it
+        was already counted.
+        """
+        stored = self._store.get(self._prefix + event_id)
+        return stored is not None and (offset is None or stored[1] != offset)
+
+    def remember(self, event_id: str, event_time: int, offset: int = -1) -> list[str]:
         """Record an accepted event; return the ids that fell out of the horizon."""
-        self._store[self._prefix + event_id] = event_time
+        self._store[self._prefix + event_id] = [event_time, offset]
         heapq.heappush(self._expiry, (event_time, event_id))
         if self._watermark is None or event_time > self._watermark:
             self._watermark = event_time
@@ -65,14 +72,15 @@ class Deduplicator:
         while self._expiry and self._expiry[0][0] < cutoff:
             event_time, event_id = heapq.heappop(self._expiry)
             key = self._prefix + event_id
-            if self._store.get(key) == event_time:
+            stored = self._store.get(key)
+            if stored is not None and stored[0] == event_time:
                 del self._store[key]
                 expired.append(event_id)
         return expired
 
-    def rebuild(self, items: Iterable[tuple[str, int]]) -> None:
+    def rebuild(self, items: Iterable[tuple[str, list[int]]]) -> None:
         """Re-index remembered ids, e.g. from a table recovered after a restart."""
-        self._expiry = [(event_time, event_id) for event_id, event_time in items]
+        self._expiry = [(stored[0], event_id) for event_id, stored in items]
         heapq.heapify(self._expiry)
         self._watermark = max((t for t, _ in self._expiry), default=self._watermark)
 

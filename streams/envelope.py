@@ -52,6 +52,8 @@ class Envelope(NamedTuple):
 class Accepted(NamedTuple):
     envelope: Envelope  # already upcast to the current version
     original_version: int
+    features: Any = None  # the featurizer's result, when the pipeline has one
+    redelivered: bool = False  # the same message read again after a restart
 
 
 class Rejected(NamedTuple):

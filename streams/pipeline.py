@@ -1,7 +1,14 @@
-"""The validation pipeline: stateless checks, then deduplication, then outlier screening.
+"""The ingest pipeline: validation, deduplication, lateness, outlier screening, features.
 
-It holds the per-partition state the validation agent needs and nothing of Kafka: the
-agent passes the raw bytes and the partition they came from.
+It holds the per-partition state the ingest agent needs and nothing of Kafka: the agent
+passes the raw bytes with the partition and offset they came from. In order:
+
+1. stateless checks and upcasting (``EventValidator``);
+2. duplicate ``event_id`` within the horizon (the same message read again after a restart
+   is a redelivery, not a duplicate);
+3. late: older than the partition's watermark minus the grace (with a featurizer);
+4. outliers, which learn only from accepted values;
+5. the event is remembered and folded into its entity's windows (``Featurizer``).
 """
 
 from __future__ import annotations
@@ -14,6 +21,8 @@ from streams.envelope import Accepted, Reason, Rejected
 from streams.outliers import OutlierScreen
 from streams.spec import DomainSpec
 from streams.validation import EventValidator
+from tables.entity_state import EntityState
+from tables.featurizer import Featurizer
 
 
 @dataclass
@@ -24,9 +33,19 @@ class PipelineCounters:
 
 
 class ValidationPipeline:
-    def __init__(self, spec: DomainSpec, seen_ids: MutableMapping[str, int]) -> None:
+    def __init__(
+        self,
+        spec: DomainSpec,
+        seen_ids: MutableMapping[str, list[int]],
+        entity_states: MutableMapping[str, EntityState] | None = None,
+    ) -> None:
         self.spec = spec
         self.validator = EventValidator(spec)
+        self.featurizer = (
+            Featurizer(spec.features, entity_states)
+            if spec.features is not None and entity_states is not None
+            else None
+        )
         self._seen_ids = seen_ids
         self._dedups: dict[int, Deduplicator] = {}
         self._screens: dict[tuple[int, str], OutlierScreen] = {}
@@ -43,19 +62,24 @@ class ValidationPipeline:
         return dedup
 
     def rebuild(
-        self, seen_ids: Iterable[tuple[str, int]], screen_states: Iterable[tuple[str, bytes]]
+        self,
+        seen_ids: Iterable[tuple[str, list[int]]],
+        screen_states: Iterable[tuple[str, bytes]],
+        entity_states: Iterable[tuple[str, EntityState]] = (),
     ) -> None:
         """Reload per-partition state from the stores, e.g. after recovery or a rebalance."""
         self._dedups.clear()
         self._screens.clear()
-        by_partition: dict[int, list[tuple[str, int]]] = {}
-        for key, event_time in seen_ids:
+        by_partition: dict[int, list[tuple[str, list[int]]]] = {}
+        for key, stored in seen_ids:
             partition, event_id = split_partition_key(key)
-            by_partition.setdefault(partition, []).append((event_id, event_time))
+            by_partition.setdefault(partition, []).append((event_id, stored))
         for partition, items in by_partition.items():
             self.dedup_for(partition).rebuild(items)
         for key, state in screen_states:
             self.restore_partition_state(key, state)
+        if self.featurizer is not None:
+            self.featurizer.rebuild(entity_states)
 
     def screen_for(self, partition: int, schema: str) -> OutlierScreen:
         key = (partition, schema)
@@ -64,10 +88,10 @@ class ValidationPipeline:
             screen = self._screens[key] = OutlierScreen.for_schema(self.spec, schema)
         return screen
 
-    def process(self, raw: bytes, partition: int) -> Accepted | Rejected:
+    def process(self, raw: bytes, partition: int, offset: int = -1) -> Accepted | Rejected:
         outcome = self.validator.check(raw)
         if isinstance(outcome, Accepted):
-            outcome = self._screen(outcome, partition)
+            outcome = self._screen(outcome, partition, offset)
         counters = self.counters
         if isinstance(outcome, Accepted):
             counters.accepted += 1
@@ -78,19 +102,30 @@ class ValidationPipeline:
             counters.rejected[reason] = counters.rejected.get(reason, 0) + 1
         return outcome
 
-    def _screen(self, outcome: Accepted, partition: int) -> Accepted | Rejected:
-        """The stateful checks, in order: duplicate, then outlier; learn only on success."""
+    def _screen(self, outcome: Accepted, partition: int, offset: int) -> Accepted | Rejected:
+        """The stateful checks in order; state learns only from accepted events."""
         envelope = outcome.envelope
         dedup = self._dedups.get(partition)
         if dedup is None:
             dedup = self.dedup_for(partition)
-        if dedup.is_duplicate(envelope.event_id):
+        if dedup.is_duplicate(envelope.event_id, offset if offset >= 0 else None):
             return Rejected(
                 Reason.DUPLICATE,
                 f"event_id seen within the last {self.spec.dedup_horizon_ms} ms",
                 envelope.event_id,
                 envelope.entity_id,
             )
+        featurizer = self.featurizer
+        redelivered = featurizer is not None and featurizer.is_redelivery(
+            envelope.entity_id, offset
+        )
+        if redelivered and featurizer is not None:
+            featured = featurizer.process(envelope, partition, offset)
+            return outcome._replace(features=featured, redelivered=True)
+        if featurizer is not None:
+            late = featurizer.late_detail(partition, envelope.event_time)
+            if late is not None:
+                return Rejected(Reason.LATE, late, envelope.event_id, envelope.entity_id)
         screen = self._screens.get((partition, envelope.schema))
         if screen is None:
             screen = self.screen_for(partition, envelope.schema)
@@ -103,8 +138,11 @@ class ValidationPipeline:
                 envelope.event_id,
                 envelope.entity_id,
             )
-        dedup.remember(envelope.event_id, envelope.event_time)
-        return outcome
+        dedup.remember(envelope.event_id, envelope.event_time, offset)
+        if featurizer is None:
+            return outcome
+        featured = featurizer.process(envelope, partition, offset)
+        return outcome._replace(features=featured)
 
     def partition_states(self, partition: int) -> dict[str, bytes]:
         """One partition's outlier statistics per schema, for checkpointing in a table."""

@@ -48,8 +48,28 @@ class Settings:
     partitions: int = 4
     spec_path: Path = DEFAULT_SPEC
     topics: TopicNames = field(default_factory=TopicNames)
-    redis_url: str = "redis://127.0.0.1:6390/0"
+    redis_url: str = "redis://127.0.0.1:6390/0"  # empty: serve features from the worker
     s3_endpoint_url: str = "http://127.0.0.1:5055"
+    offline_url: str = ""  # empty: <data_dir>/<app_id>/offline; or s3://bucket/prefix
+    online_ttl_s: int = 86_400
+
+    @property
+    def online_key_prefix(self) -> str:
+        return f"{self.app_id}:features:"
+
+    @property
+    def offline_location(self) -> str:
+        return self.offline_url or str(self.data_dir / self.app_id / "offline")
+
+    def offline_storage_options(self) -> dict[str, object]:
+        """fsspec options for an ``s3://`` offline URL (credentials from the environment)."""
+        if not self.offline_location.startswith("s3://"):
+            return {}
+        return {
+            "key": os.environ.get("AWS_ACCESS_KEY_ID", "testing"),
+            "secret": os.environ.get("AWS_SECRET_ACCESS_KEY", "testing"),
+            "client_kwargs": {"endpoint_url": self.s3_endpoint_url},
+        }
 
     @property
     def bootstrap_servers(self) -> str:
@@ -76,6 +96,8 @@ class Settings:
             topics=TopicNames().prefixed(prefix),
             redis_url=env.get("HEADRACE_REDIS_URL", f"redis://127.0.0.1:{redis_port}/0"),
             s3_endpoint_url=env.get("HEADRACE_S3_ENDPOINT_URL", f"http://127.0.0.1:{s3_port}"),
+            offline_url=env.get("HEADRACE_OFFLINE_URL", ""),
+            online_ttl_s=_int(env, "HEADRACE_ONLINE_TTL_S", defaults.online_ttl_s, minimum=1),
         )
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from streams.upcast import UpcastSpecError, UpcastStep, parse_step
+from tables.feature_spec import FeatureSpec, FeatureSpecError, parse_feature_spec
 
 
 class SpecError(ValueError):
@@ -78,6 +79,7 @@ class DomainSpec:
     outlier_warmup: int
     schemas: Mapping[str, Schema]
     fingerprint: str  # sha256 of the file's bytes, short form
+    features: FeatureSpec | None = None  # the [features] section, when declared
 
 
 def load_spec(path: Path) -> DomainSpec:
@@ -99,6 +101,15 @@ def parse_spec(data: bytes, *, source: str = "<spec>") -> DomainSpec:
         schemas = {name: _schema(name, raw) for name, raw in _table(doc, "schemas").items()}
         if not schemas:
             raise SpecError("[schemas] declares no schema")
+        features = None
+        if "features" in doc:
+            numeric = {
+                f.name
+                for schema in schemas.values()
+                for f in schema.current.fields
+                if f.type in (FieldType.FLOAT, FieldType.INT, FieldType.BOOL)
+            }
+            features = parse_feature_spec(doc["features"], numeric)
         return DomainSpec(
             name=str(domain["name"]),
             dedup_horizon_ms=_positive_int(domain, "dedup_horizon_ms"),
@@ -107,8 +118,9 @@ def parse_spec(data: bytes, *, source: str = "<spec>") -> DomainSpec:
             outlier_warmup=int(outliers.get("warmup", 200)),
             schemas=schemas,
             fingerprint=hashlib.sha256(data).hexdigest()[:16],
+            features=features,
         )
-    except (KeyError, TypeError, ValueError, UpcastSpecError) as error:
+    except (KeyError, TypeError, ValueError, UpcastSpecError, FeatureSpecError) as error:
         if isinstance(error, SpecError):
             raise SpecError(f"{source}: {error}") from None
         raise SpecError(f"{source}: {type(error).__name__}: {error}") from None

@@ -37,7 +37,9 @@ MALFORMED_KINDS: tuple[Reason, ...] = (
     Reason.NON_FINITE,
     Reason.OVERSIZED,
     Reason.OUTLIER,
+    Reason.LATE,
 )
+LATE_BY_MS = 300_000  # well beyond the demo domain's 60 s grace
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +61,7 @@ class MixSpec:
     start_time_ms: int = 1_767_225_600_000  # 2026-01-01T00:00:00Z
     mean_gap_ms: int = 10
     outlier_after: int = 3_000  # outliers only once the screens have warmed up
+    late_after: int = 1_000  # late events only once every partition's watermark has moved
     kinds: tuple[Reason, ...] = MALFORMED_KINDS
 
     def __post_init__(self) -> None:
@@ -188,6 +191,9 @@ class PaymentGenerator:
                 payload["merchant_id"] = "m" * 5_000
             case Reason.OUTLIER:
                 payload["amount"] = round(rng.uniform(250_000.0, 900_000.0), 2)
+            case Reason.LATE:
+                event["event_time"] = event_time - LATE_BY_MS
+                payload["hour_of_day"] = (event["event_time"] // 3_600_000) % 24
             case _:
                 raise ValueError(f"no generator for fault kind {kind}")
         return _message(event, json.dumps(event).encode(), kind.value)

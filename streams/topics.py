@@ -28,3 +28,4 @@ names = settings.topics
 raw = _bytes_topic(names.raw)
 valid = _bytes_topic(names.valid)
 rejected = _bytes_topic(names.rejected)
+features = _bytes_topic(names.features)

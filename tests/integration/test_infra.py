@@ -29,10 +29,9 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def state_dir() -> Path:
-    path = default_state_dir()
-    up(path)
-    return path
+def state_dir(infrastructure: object) -> Path:
+    """The session's servers (started, and stopped at the end, by ``infrastructure``)."""
+    return default_state_dir()
 
 
 @pytest.mark.integration

@@ -103,7 +103,7 @@ def test_sigkill_mid_stream_loses_nothing(isolated: IsolatedRun) -> None:
         )
         seen = await collect(
             settings.bootstrap_servers,
-            [settings.topics.valid, settings.topics.rejected],
+            [settings.topics.features, settings.topics.rejected],
             until=lambda got: len(got) >= 6_000,
             timeout_s=120,
         )
@@ -127,7 +127,7 @@ def test_sigkill_mid_stream_loses_nothing(isolated: IsolatedRun) -> None:
     records = asyncio.run(
         collect(
             settings.bootstrap_servers,
-            [settings.topics.valid, settings.topics.rejected],
+            [settings.topics.features, settings.topics.rejected],
             until=lambda got: len(got) >= len(messages) and produced_ids <= set(accounted_ids(got)),
             timeout_s=300,
         ),

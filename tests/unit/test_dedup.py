@@ -14,7 +14,7 @@ def test_duplicate_within_horizon_is_seen() -> None:
 
 
 def test_ids_expire_once_the_watermark_passes_the_horizon() -> None:
-    store: dict[str, int] = {}
+    store: dict[str, list[int]] = {}
     dedup = Deduplicator(1_000, store)
     dedup.remember("a", 0)
     dedup.remember("b", 500)
@@ -25,12 +25,20 @@ def test_ids_expire_once_the_watermark_passes_the_horizon() -> None:
 
 
 def test_rebuild_restores_expiry_from_the_store() -> None:
-    store = {"a": 0, "b": 5_000}
+    store = {"a": [0, 1], "b": [5_000, 2]}
     dedup = Deduplicator(1_000, store)
     dedup.rebuild(store.items())
     assert dedup.watermark == 5_000
     assert dedup.expire() == ["a"]
-    assert store == {"b": 5_000}
+    assert store == {"b": [5_000, 2]}
+
+
+def test_the_same_message_read_again_is_not_a_duplicate() -> None:
+    dedup = Deduplicator(1_000, {})
+    dedup.remember("a", 10, offset=7)
+    assert not dedup.is_duplicate("a", offset=7)  # redelivery after a restart
+    assert dedup.is_duplicate("a", offset=8)  # the producer sent it twice
+    assert dedup.is_duplicate("a")
 
 
 @given(st.lists(st.tuples(st.sampled_from("abcdefgh"), st.integers(0, 10_000)), max_size=200))
@@ -53,7 +61,7 @@ def test_matches_a_brute_force_oracle(events: list[tuple[str, int]]) -> None:
 
 
 def test_partitions_keep_apart_in_one_store() -> None:
-    store: dict[str, int] = {}
+    store: dict[str, list[int]] = {}
     zero = Deduplicator(1_000, store, partition_key_prefix(0))
     one = Deduplicator(1_000, store, partition_key_prefix(1))
     zero.remember("x", 1)
@@ -63,5 +71,5 @@ def test_partitions_keep_apart_in_one_store() -> None:
     assert sorted(store) == ["0:x", "1:x"]
     zero.remember("y", 5_000)
     assert zero.expire() == ["x"]
-    assert store == {"1:x": 2, "0:y": 5_000}
+    assert store == {"1:x": [2, -1], "0:y": [5_000, -1]}
     assert split_partition_key("12:ev:1") == (12, "ev:1")

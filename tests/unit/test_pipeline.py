@@ -21,10 +21,14 @@ def test_every_synthetic_message_gets_its_labelled_outcome(
     payments_spec: DomainSpec, seed: int
 ) -> None:
     generator = PaymentGenerator(MixSpec(count=8_000, seed=seed))
-    pipeline = ValidationPipeline(payments_spec, {})
+    pipeline = ValidationPipeline(payments_spec, {}, {})
     observed: Counter[str] = Counter()
-    for message in generator:
-        label = outcome_label(pipeline.process(message.value, zlib.crc32(message.key) % 4))
+    for offset, message in enumerate(generator):
+        outcome = pipeline.process(message.value, zlib.crc32(message.key) % 4, offset)
+        label = outcome_label(outcome)
+        if isinstance(outcome, Accepted):
+            assert outcome.features is not None
+            assert list(outcome.features.row.values) == list(payments_spec.features.names)  # type: ignore[union-attr]
         assert label == message.expected, message
         observed[label] += 1
     assert observed == generator.expected
@@ -41,7 +45,7 @@ def test_state_survives_a_rebuild_from_its_stores(payments_spec: DomainSpec) -> 
             )
         )
     )
-    seen: dict[str, int] = {}
+    seen: dict[str, list[int]] = {}
     first = ValidationPipeline(payments_spec, seen)
     for message in messages:
         assert isinstance(first.process(message.value, 0), Accepted)

@@ -157,6 +157,36 @@ def bench_validate(as_json: bool, count: int, agent_count: int, no_agent: bool) 
     click.echo(json.dumps(result))
 
 
+@bench_group.command(
+    "features", help="Feature throughput, online reads, Parquet writes, state RSS."
+)
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object as the last line")
+@click.option("--events", type=click.IntRange(min=250_000), default=1_000_000, show_default=True)
+@click.option("--quick", is_flag=True, help="smaller runs (a smoke test, not the figures)")
+def bench_features(as_json: bool, events: int, quick: bool) -> None:
+    from bench.offline_store import parquet_rows_per_s
+
+    from bench.features import state_rss_growth_isolated, updates_per_s
+    from bench.online_store import online_get_latency
+
+    settings = Settings.from_env()
+    try:
+        infra.up(infra.default_state_dir())
+    except infra.InfraError as error:
+        _fail(str(error), code=1)
+    result: dict[str, Any] = {}
+    result.update(updates_per_s(settings.spec_path, count=20_000 if quick else 100_000))
+    result.update(online_get_latency(settings.redis_url, reads=2_000 if quick else 20_000))
+    result.update(parquet_rows_per_s(settings.s3_endpoint_url, rows=20_000 if quick else 200_000))
+    result.update(
+        state_rss_growth_isolated(settings.spec_path, events=250_000 if quick else events)
+    )
+    if not as_json:
+        for key, value in result.items():
+            click.echo(f"{key:<34} {value}")
+    click.echo(json.dumps(result))
+
+
 @click.command("demo", help="Start the infrastructure and a worker, stream payments, summarise.")
 @click.option("--count", type=click.IntRange(min=100), default=5_000, show_default=True)
 @click.option("--rate", type=click.FloatRange(min=0), default=2_000.0, show_default=True)
@@ -201,7 +231,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _load_app() -> Any:
-    import agents.ingest  # noqa: F401 - registers the agents and their tables
+    import agents.ingest
+    import agents.stores
+    import agents.web  # noqa: F401
     from streams.app import app
 
     app.finalize()

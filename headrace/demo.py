@@ -8,8 +8,11 @@ import time
 from collections import Counter
 
 import click
+import orjson
+from tables.offline_store import ParquetOfflineStore
 
 from headrace import infra, scenario
+from headrace.online import online_features
 from headrace.worker_process import isolated_env
 from streams.settings import REPO_ROOT, Settings
 from streams.synthetic import VALID, MixSpec, PaymentGenerator
@@ -22,7 +25,10 @@ def run_demo(*, count: int, rate: float) -> int:
     for service in infra.up(infra.default_state_dir()):
         click.echo(f"  {service.name:<6} {service.address}")
     run_dir = REPO_ROOT / ".headrace" / "demo"
-    env = isolated_env(run_dir, name=f"demo-{int(time.time())}")
+    run_name = f"demo-{int(time.time())}"
+    env = isolated_env(
+        run_dir, name=run_name, HEADRACE_OFFLINE_URL=f"s3://headrace-demo/{run_name}"
+    )
     settings = Settings.from_env({**os.environ, **env})
     generator = PaymentGenerator(MixSpec(count=count, seed=int(time.time()) % 10_000))
     messages = [(m.key, m.value) for m in generator]
@@ -46,9 +52,44 @@ def run_demo(*, count: int, rate: float) -> int:
             )
         outputs = asyncio.run(scenario.collect_outputs(settings, count, timeout_s=300))
         elapsed = time.perf_counter() - started
+        code = _summarise(expected, outputs, elapsed, settings)
+        _show_stores(outputs, settings)
     finally:
         worker.stop()
-    return _summarise(expected, outputs, elapsed, settings)
+    return code
+
+
+def _show_stores(outputs: scenario.Outputs, settings: Settings) -> None:
+    """One entity's newest vector from Redis, and the Parquet rows on the S3 endpoint."""
+    records = [orjson.loads(r.value) for r in outputs.valid]
+    if not records:
+        return
+    newest = max(records, key=lambda r: r["event_time"])
+    deadline = time.monotonic() + 10
+    row = None
+    while row is None and time.monotonic() < deadline:
+        row = asyncio.run(online_features(settings, [newest["entity_id"]]))[0]
+        if row is None or row.event_id != newest["event_id"]:
+            row = None
+            time.sleep(0.2)
+    if row is not None:
+        shown = {
+            k: row.values[k]
+            for k in list(row.values)[:1] + [n for n in row.values if "24h" in n][:4]
+        }
+        click.echo(f"online store (Redis) {row.entity_id} @ {row.event_time}: {shown}")
+    store = ParquetOfflineStore(
+        settings.offline_location, storage_options=settings.offline_storage_options()
+    )
+    deadline = time.monotonic() + 15
+    rows = store.read().num_rows
+    while rows < len(records) and time.monotonic() < deadline:
+        time.sleep(1)
+        rows = store.read().num_rows
+    click.echo(
+        f"offline store: {rows} Parquet rows at {settings.offline_location} "
+        "(date=/hour= partitions)"
+    )
 
 
 def _share(expected: Counter[str]) -> str:

@@ -42,6 +42,7 @@ class WorkerProcess:
     env: dict[str, str]
     log_path: Path
     loglevel: str = "warn"
+    with_web: bool = False
     process: subprocess.Popen[bytes] | None = None
     _log: IO[bytes] | None = field(default=None, repr=False)
 
@@ -49,7 +50,15 @@ class WorkerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("ab")
         self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            [sys.executable, "-m", "headrace", "worker", "-l", self.loglevel, "--without-web"],
+            [
+                sys.executable,
+                "-m",
+                "headrace",
+                "worker",
+                "-l",
+                self.loglevel,
+                "--with-web" if self.with_web else "--without-web",
+            ],
             env={**os.environ, **self.env},
             stdout=self._log,
             stderr=subprocess.STDOUT,

@@ -27,6 +27,7 @@ app = faust.App(
     datadir=str(settings.data_dir / settings.app_id),
     web_port=settings.web_port,
     web_host="127.0.0.1",
+    web_bind="127.0.0.1",
     topic_partitions=settings.partitions,
     topic_replication_factor=1,
     autodiscover=False,

@@ -11,6 +11,9 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable, MutableMapping
 
+ACCEPTED = 0
+REJECTED_LATE = 1
+
 
 class Deduplicator:
     """Expiry runs every ``expire_every`` remembered ids: ids may outlive the horizon by
@@ -49,11 +52,32 @@ class Deduplicator:
         was already counted.
         """
         stored = self._store.get(self._prefix + event_id)
-        return stored is not None and (offset is None or stored[1] != offset)
+        return (
+            stored is not None
+            and stored[2:3] != [REJECTED_LATE]
+            and (offset is None or stored[1] != offset)
+        )
 
-    def remember(self, event_id: str, event_time: int, offset: int = -1) -> list[str]:
-        """Record an accepted event; return the ids that fell out of the horizon."""
-        self._store[self._prefix + event_id] = [event_time, offset]
+    def was_rejected_late(self, event_id: str, offset: int) -> bool:
+        """Whether this very message was rejected as late before a restart."""
+        stored = self._store.get(self._prefix + event_id)
+        return stored is not None and stored[1] == offset and stored[2:3] == [REJECTED_LATE]
+
+    def remember(
+        self,
+        event_id: str,
+        event_time: int,
+        offset: int = -1,
+        outcome: int = ACCEPTED,
+    ) -> list[str]:
+        """Record an event's outcome; return the ids that fell out of the horizon.
+
+        Late rejections are remembered too, so that the same message read again after a
+        restart gets the same answer, whatever the entity's state has become since.
+        """
+        self._store[self._prefix + event_id] = (
+            [event_time, offset] if outcome == ACCEPTED else [event_time, offset, outcome]
+        )
         heapq.heappush(self._expiry, (event_time, event_id))
         if self._watermark is None or event_time > self._watermark:
             self._watermark = event_time

@@ -16,7 +16,12 @@ from __future__ import annotations
 from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass, field
 
-from streams.dedup import Deduplicator, partition_key_prefix, split_partition_key
+from streams.dedup import (
+    REJECTED_LATE,
+    Deduplicator,
+    partition_key_prefix,
+    split_partition_key,
+)
 from streams.envelope import Accepted, Reason, Rejected
 from streams.outliers import OutlierScreen
 from streams.spec import DomainSpec
@@ -102,7 +107,12 @@ class ValidationPipeline:
             counters.rejected[reason] = counters.rejected.get(reason, 0) + 1
         return outcome
 
-    def _screen(self, outcome: Accepted, partition: int, offset: int) -> Accepted | Rejected:
+    def _screen(  # noqa: PLR0911 - one return per check, in the order they run
+        self,
+        outcome: Accepted,
+        partition: int,
+        offset: int,
+    ) -> Accepted | Rejected:
         """The stateful checks in order; state learns only from accepted events."""
         envelope = outcome.envelope
         dedup = self._dedups.get(partition)
@@ -116,6 +126,13 @@ class ValidationPipeline:
                 envelope.entity_id,
             )
         featurizer = self.featurizer
+        if offset >= 0 and dedup.was_rejected_late(envelope.event_id, offset):
+            return Rejected(
+                Reason.LATE,
+                "rejected as late before a restart",
+                envelope.event_id,
+                envelope.entity_id,
+            )
         redelivered = featurizer is not None and featurizer.is_redelivery(
             envelope.entity_id, offset
         )
@@ -125,6 +142,7 @@ class ValidationPipeline:
         if featurizer is not None:
             late = featurizer.late_detail(partition, envelope.event_time)
             if late is not None:
+                dedup.remember(envelope.event_id, envelope.event_time, offset, REJECTED_LATE)
                 return Rejected(Reason.LATE, late, envelope.event_id, envelope.entity_id)
         screen = self._screens.get((partition, envelope.schema))
         if screen is None:

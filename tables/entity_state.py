@@ -13,10 +13,11 @@ The state is a plain JSON-able dict, stored as it is in a changelogged table:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from tables import aggregates
-from tables.feature_spec import TIME_SINCE_PREVIOUS, FeatureSpec, Op
+from tables.feature_spec import TIME_SINCE_PREVIOUS, FeatureSpec, Op, feature_name
 
 EntityState = dict[str, Any]
 DISTINCT_SUFFIX = "#distinct"
@@ -26,42 +27,101 @@ def new_state(partition: int) -> EntityState:
     return {"p": partition, "off": -1, "lt": None, "pt": None, "pv": {}, "w": {}}
 
 
+_COUNT, _SUM, _MEAN, _STD, _MIN, _MAX, _DISTINCT = range(7)
+_OPCODES = {
+    Op.COUNT: _COUNT,
+    Op.SUM: _SUM,
+    Op.MEAN: _MEAN,
+    Op.STD: _STD,
+    Op.MIN: _MIN,
+    Op.MAX: _MAX,
+    Op.DISTINCT: _DISTINCT,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _WindowAggregate:
+    field: str
+    distinct_key: str
+    window: str
+    step_ms: int
+    steps: int
+    numeric: bool
+    distinct: bool
+    outputs: tuple[tuple[str, int], ...]  # (feature name, opcode)
+
+
+class FeaturePlan:
+    """A FeatureSpec flattened for the per-event loops: names and opcodes worked out once."""
+
+    def __init__(self, spec: FeatureSpec) -> None:
+        self.spec = spec
+        self.max_window_ms = spec.max_window_ms
+        self.grace_ms = spec.grace_ms
+        self.include_current = spec.include_current
+        self.previous = spec.previous
+        self.windows = spec.windows
+        self.cells = tuple(
+            _WindowAggregate(
+                field=aggregate.field,
+                distinct_key=aggregate.field + DISTINCT_SUFFIX,
+                window=window.name,
+                step_ms=window.step_ms,
+                steps=window.steps,
+                numeric=aggregate.numeric,
+                distinct=aggregate.distinct,
+                outputs=tuple(
+                    (feature_name(aggregate.field, op, window.name), _OPCODES[op])
+                    for op in aggregate.ops
+                ),
+            )
+            for aggregate in spec.aggregates
+            for window in (spec.window(name) for name in aggregate.windows)
+        )
+
+
 def apply_event(
     state: EntityState,
-    spec: FeatureSpec,
+    plan: FeaturePlan,
     event_time: int,
     payload: Mapping[str, Any],
     offset: int,
 ) -> None:
     """Fold one accepted event into the state, in place."""
-    for aggregate in spec.aggregates:
-        value = payload.get(aggregate.field)
+    windows = state["w"]
+    for item in plan.cells:
+        value = payload.get(item.field)
         if value is None:
             continue
-        for window_name in aggregate.windows:
-            window = spec.window(window_name)
-            steps = state["w"].setdefault(window_name, {})
-            cell = steps.setdefault(str(event_time // window.step_ms), {})
-            if aggregate.numeric:
-                moments = cell.get(aggregate.field)
-                number = float(value)
-                if moments is None:
-                    cell[aggregate.field] = aggregates.moments_of(number)
-                else:
-                    aggregates.add_value(moments, number)
-            if aggregate.distinct:
-                seen = cell.setdefault(aggregate.field + DISTINCT_SUFFIX, [])
-                if value not in seen:
-                    seen.append(value)
+        steps = windows.get(item.window)
+        if steps is None:
+            steps = windows[item.window] = {}
+        key = str(event_time // item.step_ms)
+        cell = steps.get(key)
+        if cell is None:
+            cell = steps[key] = {}
+        if item.numeric:
+            moments = cell.get(item.field)
+            if moments is None:
+                cell[item.field] = aggregates.moments_of(float(value))
+            else:
+                aggregates.add_value(moments, float(value))
+        if item.distinct:
+            seen = cell.get(item.distinct_key)
+            if seen is None:
+                cell[item.distinct_key] = [value]
+            elif value not in seen:
+                seen.append(value)
     state["off"] = offset
-    state["lt"] = event_time if state["lt"] is None else max(state["lt"], event_time)
+    newest = state["lt"]
+    state["lt"] = event_time if newest is None or event_time > newest else newest
     state["pt"] = event_time
-    state["pv"] = {field: payload.get(field) for field in spec.previous}
+    state["pv"] = {field: payload.get(field) for field in plan.previous}
 
 
 def features_of(
     state: EntityState,
-    spec: FeatureSpec,
+    plan: FeaturePlan,
     event_time: int,
     payload: Mapping[str, Any],
     previous: tuple[int | None, Mapping[str, Any]],
@@ -71,6 +131,7 @@ def features_of(
     ``previous`` is (event time, values) of the entity's previous event in arrival order,
     read before this event was applied.
     """
+    spec = plan.spec
     values: dict[str, float | None] = {}
     for field in spec.passthrough:
         values[field] = _number(payload.get(field))
@@ -79,20 +140,19 @@ def features_of(
         for category in categories:
             values[f"{field}_is_{category}"] = 1.0 if current == category else 0.0
     previous_time, previous_values = previous
-    recent = previous_time is not None and previous_time > event_time - spec.max_window_ms
-    for field in spec.previous:
+    recent = previous_time is not None and previous_time > event_time - plan.max_window_ms
+    for field in plan.previous:
         values[f"{field}_prev"] = _number(previous_values.get(field)) if recent else None
     values[TIME_SINCE_PREVIOUS] = (
         float(event_time - previous_time) if recent and previous_time is not None else None
     )
     windows = state["w"]
-    for aggregate in spec.aggregates:
-        for window_name in aggregate.windows:
-            window = spec.window(window_name)
-            steps = windows.get(window_name, {})
-            first, last = window.first_step(event_time), event_time // window.step_ms
-            cells = [cell for key, cell in steps.items() if first <= int(key) <= last]
-            _window_features(values, aggregate.field, aggregate.ops, window_name, cells)
+    for item in plan.cells:
+        steps = windows.get(item.window)
+        last = event_time // item.step_ms
+        first = last - item.steps + 1
+        cells = [cell for key, cell in steps.items() if first <= int(key) <= last] if steps else []
+        _window_features(values, item, cells)
     for ratio in spec.ratios:
         numerator = _number(payload.get(ratio.numerator))
         denominator = values.get(ratio.denominator)
@@ -104,41 +164,41 @@ def features_of(
 
 def _window_features(
     values: dict[str, float | None],
-    field: str,
-    ops: tuple[Op, ...],
-    window_name: str,
+    item: _WindowAggregate,
     cells: list[dict[str, Any]],
 ) -> None:
-    moments = aggregates.merge(cell[field] for cell in cells if field in cell)
-    for op in ops:
-        name = f"{field}_{op.value}_{window_name}"
-        if op is Op.DISTINCT:
-            key = field + DISTINCT_SUFFIX
+    field = item.field
+    moments = (
+        aggregates.merge([cell[field] for cell in cells if field in cell]) if item.numeric else None
+    )
+    for name, opcode in item.outputs:
+        if opcode == _DISTINCT:
+            key = item.distinct_key
             union: set[Any] = set()
             for cell in cells:
                 union.update(cell.get(key, ()))
             values[name] = float(len(union))
-        elif op is Op.COUNT:
+        elif opcode == _COUNT:
             values[name] = 0.0 if moments is None else moments[aggregates.COUNT]
         elif moments is None:
             values[name] = None
-        elif op is Op.SUM:
+        elif opcode == _SUM:
             values[name] = moments[aggregates.SUM]
-        elif op is Op.MEAN:
+        elif opcode == _MEAN:
             values[name] = moments[aggregates.MEAN]
-        elif op is Op.STD:
+        elif opcode == _STD:
             values[name] = aggregates.std(moments)
-        elif op is Op.MIN:
+        elif opcode == _MIN:
             values[name] = moments[aggregates.MIN]
         else:
             values[name] = moments[aggregates.MAX]
 
 
-def expire_steps(state: EntityState, spec: FeatureSpec, watermark: int) -> int:
+def expire_steps(state: EntityState, plan: FeaturePlan, watermark: int) -> int:
     """Drop the steps no event that is not late can still need; return how many."""
-    oldest_time = watermark - spec.grace_ms
+    oldest_time = watermark - plan.grace_ms
     dropped = 0
-    for window in spec.windows:
+    for window in plan.windows:
         steps = state["w"].get(window.name)
         if not steps:
             continue

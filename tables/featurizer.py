@@ -14,7 +14,14 @@ from collections.abc import Iterable, MutableMapping
 from typing import NamedTuple
 
 from streams.envelope import Envelope
-from tables.entity_state import EntityState, apply_event, expire_steps, features_of, new_state
+from tables.entity_state import (
+    EntityState,
+    FeaturePlan,
+    apply_event,
+    expire_steps,
+    features_of,
+    new_state,
+)
 from tables.feature_spec import FeatureSpec
 from tables.rows import FeatureRow
 
@@ -39,6 +46,7 @@ class Featurizer:
 
     def __init__(self, spec: FeatureSpec, states: MutableMapping[str, EntityState]) -> None:
         self.spec = spec
+        self._plan = FeaturePlan(spec)
         self._states = states
         self._watermarks: dict[int, int] = {}
         self._expiry: dict[int, list[tuple[int, str]]] = {}
@@ -68,7 +76,7 @@ class Featurizer:
         state = self._states.get(entity_id)
         if state is not None and state["off"] >= offset:
             previous = (state["pt"], state["pv"])
-            values = features_of(state, self.spec, event_time, payload, previous)
+            values = features_of(state, self._plan, event_time, payload, previous)
             return Featured(self._row(entity_id, event_id, event_time, values), redelivered=True)
         late = self.late_detail(partition, event_time)
         if late is not None:
@@ -78,14 +86,14 @@ class Featurizer:
             state = new_state(partition)
         previous = (state["pt"], dict(state["pv"]))
         if self.spec.include_current:
-            apply_event(state, self.spec, event_time, payload, offset)
-            values = features_of(state, self.spec, event_time, payload, previous)
+            apply_event(state, self._plan, event_time, payload, offset)
+            values = features_of(state, self._plan, event_time, payload, previous)
         else:
-            values = features_of(state, self.spec, event_time, payload, previous)
-            apply_event(state, self.spec, event_time, payload, offset)
+            values = features_of(state, self._plan, event_time, payload, previous)
+            apply_event(state, self._plan, event_time, payload, offset)
         watermark = max(self._watermarks.get(partition, event_time), event_time)
         self._watermarks[partition] = watermark
-        expire_steps(state, self.spec, watermark)
+        expire_steps(state, self._plan, watermark)
         self._states[entity_id] = state
         if created:
             heapq.heappush(self._expiry.setdefault(partition, []), (state["lt"], entity_id))

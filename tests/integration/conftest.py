@@ -43,6 +43,9 @@ class IsolatedRun:
     log_dir: Path
     workers: list[WorkerProcess] = field(default_factory=list)
 
+    def settings_env(self) -> dict[str, str]:
+        return {**os.environ, **self.env}
+
     def start_worker(self, name: str = "worker") -> WorkerProcess:
         worker = WorkerProcess(env=self.env, log_path=self.log_dir / f"{name}.log")
         worker.start()

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import zlib
 from collections import Counter
+from typing import Any
 
 import pytest
 
@@ -65,3 +66,26 @@ def test_state_survives_a_rebuild_from_its_stores(payments_spec: DomainSpec) -> 
 def test_mix_rejects_impossible_shares() -> None:
     with pytest.raises(ValueError, match="add up"):
         MixSpec(count=1, malformed_share=0.6, duplicate_share=0.5)
+
+
+def test_a_late_message_read_again_after_a_restart_is_late_again(payments_spec: DomainSpec) -> None:
+    def event(event_id: str, event_time: int) -> bytes:
+        doc = json.loads(next(iter(PaymentGenerator(MixSpec(count=1, seed=9)))).value)
+        doc.update(event_id=event_id, event_time=event_time, schema_version=3, entity_id="card-1")
+        return json.dumps(doc).encode()
+
+    seen: dict[str, list[int]] = {}
+    states: dict[str, Any] = {}
+    first = ValidationPipeline(payments_spec, seen, states)
+    base = 1_767_225_600_000
+    assert isinstance(first.process(event("a", base + 600_000), 0, 0), Accepted)
+    late = first.process(event("b", base), 0, 1)
+    assert late.reason is Reason.LATE  # type: ignore[union-attr]
+    assert isinstance(first.process(event("c", base + 600_001), 0, 2), Accepted)
+    restarted = ValidationPipeline(payments_spec, seen, states)
+    restarted.rebuild(seen.items(), [], states.items())
+    again = restarted.process(event("b", base), 0, 1)
+    assert again.reason is Reason.LATE  # type: ignore[union-attr]
+    redelivered = restarted.process(event("c", base + 600_001), 0, 2)
+    assert isinstance(redelivered, Accepted)
+    assert redelivered.redelivered

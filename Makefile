@@ -30,8 +30,8 @@ integration: $(INSTALLED) system-deps
 	$(BIN)/python -m pytest tests/integration
 
 lint: $(INSTALLED)
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+	$(BIN)/ruff check --no-cache .
+	$(BIN)/ruff format --no-cache --check .
 	$(BIN)/mypy .
 
 bench: $(INSTALLED) system-deps

@@ -13,11 +13,11 @@ import os
 from typing import Any
 
 import structlog
-from tables.offline_store import ParquetOfflineStore
 
 from streams import topics
 from streams.app import app, settings
 from streams.codecs import decode_features, feature_row_of
+from tables.offline_store import ParquetOfflineStore
 from tables.online_store import OnlineStore, RedisOnlineStore
 from tables.rows import FeatureRow
 

@@ -164,9 +164,8 @@ def bench_validate(as_json: bool, count: int, agent_count: int, no_agent: bool) 
 @click.option("--events", type=click.IntRange(min=250_000), default=1_000_000, show_default=True)
 @click.option("--quick", is_flag=True, help="smaller runs (a smoke test, not the figures)")
 def bench_features(as_json: bool, events: int, quick: bool) -> None:
-    from bench.offline_store import parquet_rows_per_s
-
     from bench.features import state_rss_growth_isolated, updates_per_s
+    from bench.offline_store import parquet_rows_per_s
     from bench.online_store import online_get_latency
 
     settings = Settings.from_env()

@@ -9,13 +9,13 @@ from collections import Counter
 
 import click
 import orjson
-from tables.offline_store import ParquetOfflineStore
 
 from headrace import infra, scenario
 from headrace.online import online_features
 from headrace.worker_process import isolated_env
 from streams.settings import REPO_ROOT, Settings
 from streams.synthetic import VALID, MixSpec, PaymentGenerator
+from tables.offline_store import ParquetOfflineStore
 
 
 def run_demo(*, count: int, rate: float) -> int:

@@ -15,8 +15,6 @@ from typing import Any
 
 import orjson
 import pytest
-from tables.offline_store import ParquetOfflineStore
-from tables.point_in_time import point_in_time_join
 
 from headrace import scenario
 from headrace.kafka_io import Record, collect, produce
@@ -26,6 +24,8 @@ from streams.pipeline import ValidationPipeline
 from streams.settings import Settings
 from streams.spec import load_spec
 from streams.synthetic import VALID, MixSpec, PaymentGenerator
+from tables.offline_store import ParquetOfflineStore
+from tables.point_in_time import point_in_time_join
 from tests.integration.conftest import IsolatedRun
 
 pytestmark = pytest.mark.integration

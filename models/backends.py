@@ -1,0 +1,87 @@
+"""Scoring backends behind one protocol: ONNX Runtime on CPU, PyTorch on CPU or CUDA.
+
+Every backend takes float32 features (batch, n_features), NaN for missing, and returns
+every member's probabilities (members, batch, classes) as float64. The same inputs give
+the same outputs within a stated tolerance on every backend (checked by the tests for
+each backend that runs on the machine at hand). TensorRT joins here where it imports.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from models.export import INPUT
+from models.network import Ensemble
+
+AGREEMENT_TOLERANCE = 1e-5  # largest absolute difference in a probability
+
+
+class ScoringBackend(Protocol):
+    name: str
+
+    def member_probs(self, features: np.ndarray) -> np.ndarray: ...
+
+
+class OnnxRuntimeBackend:
+    name = "onnxruntime-cpu"
+
+    def __init__(self, onnx_path: Path, *, threads: int = 1) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self._session = ort.InferenceSession(
+            str(onnx_path),
+            sess_options=options,
+            providers=["CPUExecutionProvider"],
+        )
+
+    def member_probs(self, features: np.ndarray) -> np.ndarray:
+        outputs = self._session.run(None, {INPUT: np.ascontiguousarray(features, dtype=np.float32)})
+        return np.asarray(outputs[0], dtype=np.float64)
+
+
+class TorchBackend:
+    def __init__(self, model: Ensemble, *, device: str = "cpu", threads: int | None = None) -> None:
+        self.name = f"torch-{device}"
+        self._device = torch.device(device)
+        self._model = model.to(self._device).eval()
+        if threads is not None and device == "cpu":
+            torch.set_num_threads(threads)
+
+    def member_probs(self, features: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            x = torch.as_tensor(
+                np.ascontiguousarray(features, dtype=np.float32), device=self._device
+            )
+            out = self._model(x)
+        probs: np.ndarray = out.to("cpu").numpy().astype(np.float64)
+        return probs
+
+
+def available_backends(model: Ensemble, onnx_path: Path) -> list[ScoringBackend]:
+    """Every backend this machine can run, the preferred one first."""
+    backends: list[ScoringBackend] = []
+    if torch.cuda.is_available():
+        backends.append(TorchBackend(model, device="cuda"))
+    backends.append(OnnxRuntimeBackend(onnx_path))
+    backends.append(TorchBackend(model, device="cpu"))
+    return backends
+
+
+def choose_backend(
+    model: Ensemble, onnx_path: Path, preference: str | None = None
+) -> ScoringBackend:
+    """The named backend, or the first available: CUDA where present, else ONNX Runtime."""
+    backends = available_backends(model, onnx_path)
+    if preference is None:
+        return backends[0]
+    for backend in backends:
+        if backend.name == preference:
+            return backend
+    names = ", ".join(b.name for b in backends)
+    raise ValueError(f"backend {preference!r} is not available here; available: {names}")

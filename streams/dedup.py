@@ -11,8 +11,12 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable, MutableMapping
 
+# What was decided for a remembered message. Rejections that depend on state (late,
+# outlier) are remembered too, so the same message read again after a restart gets the
+# same answer whatever the state has become since.
 ACCEPTED = 0
 REJECTED_LATE = 1
+REJECTED_OUTLIER = 2
 
 
 class Deduplicator:
@@ -52,16 +56,14 @@ class Deduplicator:
         was already counted.
         """
         stored = self._store.get(self._prefix + event_id)
-        return (
-            stored is not None
-            and stored[2:3] != [REJECTED_LATE]
-            and (offset is None or stored[1] != offset)
-        )
+        return stored is not None and len(stored) == 2 and (offset is None or stored[1] != offset)
 
-    def was_rejected_late(self, event_id: str, offset: int) -> bool:
-        """Whether this very message was rejected as late before a restart."""
+    def rejected_before(self, event_id: str, offset: int) -> int | None:
+        """The rejection code of this very message before a restart, if it was rejected."""
         stored = self._store.get(self._prefix + event_id)
-        return stored is not None and stored[1] == offset and stored[2:3] == [REJECTED_LATE]
+        if stored is None or stored[1] != offset or len(stored) < 3:
+            return None
+        return stored[2]
 
     def remember(
         self,
@@ -72,8 +74,7 @@ class Deduplicator:
     ) -> list[str]:
         """Record an event's outcome; return the ids that fell out of the horizon.
 
-        Late rejections are remembered too, so that the same message read again after a
-        restart gets the same answer, whatever the entity's state has become since.
+        State-dependent rejections are remembered too, with their code.
         """
         self._store[self._prefix + event_id] = (
             [event_time, offset] if outcome == ACCEPTED else [event_time, offset, outcome]

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from streams.dedup import (
     REJECTED_LATE,
+    REJECTED_OUTLIER,
     Deduplicator,
     partition_key_prefix,
     split_partition_key,
@@ -126,10 +127,12 @@ class ValidationPipeline:
                 envelope.entity_id,
             )
         featurizer = self.featurizer
-        if offset >= 0 and dedup.was_rejected_late(envelope.event_id, offset):
+        rejected_before = dedup.rejected_before(envelope.event_id, offset) if offset >= 0 else None
+        if rejected_before is not None:
+            reason = Reason.LATE if rejected_before == REJECTED_LATE else Reason.OUTLIER
             return Rejected(
-                Reason.LATE,
-                "rejected as late before a restart",
+                reason,
+                f"rejected as {reason} before a restart",
                 envelope.event_id,
                 envelope.entity_id,
             )
@@ -149,6 +152,7 @@ class ValidationPipeline:
             screen = self.screen_for(partition, envelope.schema)
         verdict = screen.screen_and_learn(envelope.payload)
         if verdict is not None:
+            dedup.remember(envelope.event_id, envelope.event_time, offset, REJECTED_OUTLIER)
             return Rejected(
                 Reason.OUTLIER,
                 f"field {verdict.field!r} = {verdict.value} has robust z {verdict.zscore:.1f} "

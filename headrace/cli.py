@@ -186,6 +186,40 @@ def bench_features(as_json: bool, events: int, quick: bool) -> None:
     click.echo(json.dumps(result))
 
 
+@click.group("model", help="Train models (the registry commands join here).")
+def model_group() -> None:
+    pass
+
+
+@model_group.command("train", help="Train the demo domain's model and write a model directory.")
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--events", type=click.IntRange(min=1_000), default=30_000, show_default=True)
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--members", type=click.IntRange(min=1, max=32), default=5, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
+def model_train(out: Path, events: int, seed: int, members: int, epochs: int) -> None:
+    from models.dataset import demo_training_set
+    from models.train_model import train_model
+    from models.training import TrainingConfig
+    from streams.spec import load_spec
+
+    settings = Settings.from_env()
+    data = demo_training_set(load_spec(settings.spec_path), events, seed)
+    trained = train_model(data, out, TrainingConfig(members=members, epochs=epochs, seed=seed))
+    metadata = trained.metadata
+    click.echo(
+        json.dumps(
+            {
+                "directory": str(out),
+                "rows": metadata.training_rows,
+                "feature_version": metadata.feature_version,
+                "temperature": round(metadata.temperature, 4),
+                **{k: round(v, 4) for k, v in metadata.metrics.items()},
+            },
+        ),
+    )
+
+
 @click.command("demo", help="Start the infrastructure and a worker, stream payments, summarise.")
 @click.option("--count", type=click.IntRange(min=100), default=5_000, show_default=True)
 @click.option("--rate", type=click.FloatRange(min=0), default=2_000.0, show_default=True)
@@ -199,7 +233,7 @@ def demo_command(count: int, rate: float) -> None:
     sys.exit(code)
 
 
-PROJECT_COMMANDS = (infra_group, produce_command, bench_group, demo_command)
+PROJECT_COMMANDS = (infra_group, produce_command, bench_group, model_group, demo_command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,6 +10,7 @@ import torch
 
 from models.network import Ensemble
 
+ONNX_FILE_NAME = "model.onnx"
 INPUT = "features"
 OUTPUT = "member_probs"
 OPSET = 17

@@ -265,6 +265,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def _load_app() -> Any:
     import agents.ingest
+    import agents.score
     import agents.stores
     import agents.web  # noqa: F401
     from streams.app import app

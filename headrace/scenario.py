@@ -43,7 +43,7 @@ async def prepare_topics(settings: Settings) -> None:
     names = settings.topics
     await ensure_topics(
         settings.bootstrap_servers,
-        [names.raw, names.valid, names.rejected],
+        [names.raw, names.valid, names.rejected, names.features, names.predictions],
         settings.partitions,
     )
 

@@ -52,6 +52,8 @@ class Settings:
     s3_endpoint_url: str = "http://127.0.0.1:5055"
     offline_url: str = ""  # empty: <data_dir>/<app_id>/offline; or s3://bucket/prefix
     online_ttl_s: int = 86_400
+    model_dir: str = ""  # a model directory (headrace model train); empty: no scoring
+    backend: str = ""  # a backend name; empty: the best one this machine runs
 
     @property
     def online_key_prefix(self) -> str:
@@ -98,6 +100,8 @@ class Settings:
             s3_endpoint_url=env.get("HEADRACE_S3_ENDPOINT_URL", f"http://127.0.0.1:{s3_port}"),
             offline_url=env.get("HEADRACE_OFFLINE_URL", ""),
             online_ttl_s=_int(env, "HEADRACE_ONLINE_TTL_S", defaults.online_ttl_s, minimum=1),
+            model_dir=env.get("HEADRACE_MODEL_DIR", ""),
+            backend=env.get("HEADRACE_BACKEND", ""),
         )
 
 

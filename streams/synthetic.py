@@ -100,7 +100,10 @@ class PaymentGenerator:
                 )
             elif roll < mix.duplicate_share + mix.malformed_share:
                 kinds = [
-                    k for k in mix.kinds if k is not Reason.OUTLIER or index >= mix.outlier_after
+                    k
+                    for k in mix.kinds
+                    if (k is not Reason.OUTLIER or index >= mix.outlier_after)
+                    and (k is not Reason.LATE or index >= mix.late_after)
                 ]
                 kind = rng.choice(kinds) if kinds else None
                 message = (

@@ -89,3 +89,12 @@ def test_a_late_message_read_again_after_a_restart_is_late_again(payments_spec: 
     redelivered = restarted.process(event("c", base + 600_001), 0, 2)
     assert isinstance(redelivered, Accepted)
     assert redelivered.redelivered
+
+
+def test_faults_that_need_warm_state_come_only_after_it() -> None:
+    mix = MixSpec(count=5_000, seed=5, malformed_share=0.5)
+    for index, message in enumerate(PaymentGenerator(mix)):
+        if message.expected == Reason.LATE.value:
+            assert index >= mix.late_after
+        if message.expected == Reason.OUTLIER.value:
+            assert index >= mix.outlier_after

@@ -6,14 +6,20 @@ import asyncio
 import os
 import time
 from collections import Counter
+from pathlib import Path
 
 import click
 import orjson
 
 from headrace import infra, scenario
+from headrace.kafka_io import collect
 from headrace.online import online_features
 from headrace.worker_process import isolated_env
+from models.dataset import demo_training_set
+from models.train_model import train_model
+from models.training import TrainingConfig
 from streams.settings import REPO_ROOT, Settings
+from streams.spec import load_spec
 from streams.synthetic import VALID, MixSpec, PaymentGenerator
 from tables.offline_store import ParquetOfflineStore
 
@@ -26,8 +32,12 @@ def run_demo(*, count: int, rate: float) -> int:
         click.echo(f"  {service.name:<6} {service.address}")
     run_dir = REPO_ROOT / ".headrace" / "demo"
     run_name = f"demo-{int(time.time())}"
+    model_dir = _demo_model(run_dir / "model")
     env = isolated_env(
-        run_dir, name=run_name, HEADRACE_OFFLINE_URL=f"s3://headrace-demo/{run_name}"
+        run_dir,
+        name=run_name,
+        HEADRACE_OFFLINE_URL=f"s3://headrace-demo/{run_name}",
+        HEADRACE_MODEL_DIR=str(model_dir),
     )
     settings = Settings.from_env({**os.environ, **env})
     generator = PaymentGenerator(MixSpec(count=count, seed=int(time.time()) % 10_000))
@@ -54,9 +64,51 @@ def run_demo(*, count: int, rate: float) -> int:
         elapsed = time.perf_counter() - started
         code = _summarise(expected, outputs, elapsed, settings)
         _show_stores(outputs, settings)
+        _show_predictions(outputs, settings)
     finally:
         worker.stop()
     return code
+
+
+def _demo_model(directory: Path) -> Path:
+    """Train the demo's model once (about 20 s) and reuse it on later runs."""
+    if (directory / "metadata.json").exists():
+        click.echo(f"model: reusing {directory}")
+        return directory
+    click.echo("training the demo model (ensemble of 3 MLPs on 8,000 labelled payments)")
+    data = demo_training_set(load_spec(Settings.from_env().spec_path), 8_000, seed=1)
+    trained = train_model(data, directory, TrainingConfig(members=3, hidden=32, epochs=6))
+    metrics = trained.metadata.metrics
+    click.echo(
+        f"  held-out accuracy {metrics['accuracy_heldout']:.3f}, "
+        f"ECE {metrics['ece_before']:.3f} -> {metrics['ece_after']:.3f} after temperature scaling"
+    )
+    return directory
+
+
+def _show_predictions(outputs: scenario.Outputs, settings: Settings) -> None:
+    wanted = {orjson.loads(r.value)["event_id"] for r in outputs.valid}
+    records = asyncio.run(
+        collect(
+            settings.bootstrap_servers,
+            [settings.topics.predictions],
+            until=lambda got: len(got) >= len(wanted),
+            timeout_s=60,
+        ),
+    )
+    predictions = {p["request_id"]: p for p in (orjson.loads(r.value) for r in records)}
+    if not predictions:
+        click.echo("no predictions arrived")
+        return
+    scored = list(predictions.values())
+    low = sum(1 for p in scored if p.get("low_confidence"))
+    flagged = sum(1 for p in scored if p.get("predicted") == 1)
+    sizes = Counter(len(p["uncertainty"]["conformal_set"]) for p in scored if "uncertainty" in p)
+    click.echo(
+        f"predictions: {len(predictions)} of {len(wanted)} events scored on "
+        f"{settings.topics.predictions}; {flagged} predicted fraud, {low} low-confidence, "
+        f"conformal set sizes {dict(sorted(sizes.items()))}"
+    )
 
 
 def _show_stores(outputs: scenario.Outputs, settings: Settings) -> None:

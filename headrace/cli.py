@@ -186,6 +186,19 @@ def bench_features(as_json: bool, events: int, quick: bool) -> None:
     click.echo(json.dumps(result))
 
 
+@bench_group.command("scoring", help="Backends by batch size, batching gain, ECE, coverage.")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object as the last line")
+@click.option("--events", type=click.IntRange(min=2_000), default=30_000, show_default=True)
+def bench_scoring(as_json: bool, events: int) -> None:
+    from bench.scoring import scoring_figures
+
+    result = scoring_figures(Settings.from_env().spec_path, events=events)
+    if not as_json:
+        for key, value in result.items():
+            click.echo(f"{key:<34} {value}")
+    click.echo(json.dumps(result))
+
+
 @click.group("model", help="Train models (the registry commands join here).")
 def model_group() -> None:
     pass

@@ -1,0 +1,126 @@
+"""Scoring benchmarks: backends by batch size, batching gain, calibration and coverage."""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models import calibration
+from models.artifact import load_model
+from models.backends import ScoringBackend, available_backends
+from models.conformal import ConformalPredictor, empirical_coverage
+from models.dataset import TrainingSet, demo_training_set
+from models.export import ONNX_FILE_NAME
+from models.scoring import LoadedModel, model_version, score_batch
+from models.train_model import train_model
+from models.training import TrainingConfig, member_probabilities
+from streams.spec import load_spec
+
+BATCH_SIZES = (1, 8, 32, 128, 512)
+
+
+def _percentile(samples: list[float], q: float) -> float:
+    return float(np.percentile(np.array(samples), q))
+
+
+def backend_figures(backend: ScoringBackend, x: np.ndarray, rows: int) -> dict[str, Any]:
+    """rows/s and p50/p99 batch latency (ms) per batch size, ``rows`` rows each."""
+    figures: dict[str, Any] = {}
+    for size in BATCH_SIZES:
+        batches = max(rows // size, 20)
+        latencies = []
+        for i in range(batches):
+            start = (i * size) % (len(x) - size)
+            batch = x[start : start + size]
+            began = time.perf_counter_ns()
+            backend.member_probs(batch)
+            latencies.append((time.perf_counter_ns() - began) / 1e6)
+        figures[str(size)] = {
+            "rows_per_s": round(size * len(latencies) / (sum(latencies) / 1e3)),
+            "p50_ms": round(_percentile(latencies, 50), 4),
+            "p99_ms": round(_percentile(latencies, 99), 4),
+        }
+    return figures
+
+
+def _records(data: TrainingSet, count: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "event_id": f"ev-{i}",
+            "entity_id": "card",
+            "event_time": i,
+            "feature_version": data.feature_version,
+            "features": {
+                name: (None if np.isnan(v) else float(v))
+                for name, v in zip(data.names, data.features[i], strict=True)
+            },
+        }
+        for i in range(count)
+    ]
+
+
+def scoring_figures(spec_path: Path, *, events: int = 30_000, rows: int = 4_096) -> dict[str, Any]:
+    spec = load_spec(spec_path)
+    data = demo_training_set(spec, events, seed=3)
+    with tempfile.TemporaryDirectory(prefix="headrace-bench-model-") as scratch:
+        directory = Path(scratch)
+        trained = train_model(data, directory, TrainingConfig(members=5, epochs=8, seed=3))
+        model, metadata = load_model(directory)
+        x = data.features.astype(np.float32)
+        backends = available_backends(model, directory / ONNX_FILE_NAME)
+        per_backend = {b.name: backend_figures(b, x, rows) for b in backends}
+        onnx = next(b for b in backends if b.name == "onnxruntime-cpu")
+        loaded = LoadedModel(
+            name=metadata.name,
+            version=model_version(directory),
+            metadata=metadata,
+            backend=onnx,
+            conformal=ConformalPredictor.from_state(metadata.conformal["lac_0.1"]),
+        )
+        records = _records(data, 4_096)
+        batched = _path_rate(loaded, records, batch=256)
+        single = _path_rate(loaded, records[:1_024], batch=1)
+        # Held-out: the last 20% of the time-ordered rows were the conformal split.
+        held_out = slice(int(len(data.labels) * 0.8), None)
+        probs = member_probabilities(model, data.features[held_out]).mean(axis=0)
+        labels = data.labels[held_out]
+        coverage = {
+            alpha: empirical_coverage(
+                ConformalPredictor.from_state(metadata.conformal[f"lac_{alpha}"]).predict_mask(
+                    probs
+                ),
+                labels,
+            )
+            for alpha in (0.1, 0.05)
+        }
+    torch_cpu = per_backend.get("torch-cpu", {}).get("128", {}).get("rows_per_s", 0)
+    ort_cpu = per_backend["onnxruntime-cpu"]["128"]["rows_per_s"]
+    return {
+        "backends": per_backend,
+        "batched_vs_per_event_ratio": round(batched / single, 2),
+        "scoring_path_rows_per_s_batch256": round(batched),
+        "scoring_path_rows_per_s_batch1": round(single),
+        "ort_vs_torch_cpu_ratio": round(ort_cpu / torch_cpu, 2) if torch_cpu else None,
+        "ece_before": round(trained.metadata.metrics["ece_before"], 4),
+        "ece_after": round(trained.metadata.metrics["ece_after"], 4),
+        "ece_after_recomputed": round(calibration.expected_calibration_error(probs, labels), 4),
+        "coverage_90": round(coverage[0.1], 4),
+        "coverage_95": round(coverage[0.05], 4),
+        "heldout_rows": len(labels),
+    }
+
+
+def _path_rate(model: LoadedModel, records: list[dict[str, Any]], *, batch: int) -> float:
+    """Rows/s through score_batch (matrix building, backend, uncertainty, sets, records)."""
+    rates = []
+    for _ in range(3):
+        began = time.perf_counter()
+        for start in range(0, len(records), batch):
+            score_batch(model, records[start : start + batch], now_ms=0, batch_ms=0.0)
+        rates.append(len(records) / (time.perf_counter() - began))
+    return statistics.median(rates)

@@ -19,6 +19,7 @@ import structlog
 
 from models.artifact import load_model
 from models.backends import choose_backend
+from models.cascade import Cascade
 from models.conformal import ConformalPredictor
 from models.export import ONNX_FILE_NAME
 from models.scoring import LoadedModel, model_version, score_batch
@@ -39,6 +40,7 @@ def load(directory: Path) -> LoadedModel:
         metadata=metadata,
         backend=choose_backend(model, directory / ONNX_FILE_NAME, settings.backend or None),
         conformal=ConformalPredictor.from_state(metadata.conformal["lac_0.1"]),
+        cascade=Cascade.from_state(metadata.cascade) if metadata.cascade else None,
     )
 
 

@@ -13,6 +13,8 @@ import numpy as np
 from models import calibration
 from models.artifact import load_model
 from models.backends import ScoringBackend, available_backends
+from models.cache import feature_hash
+from models.cascade import Cascade
 from models.conformal import ConformalPredictor, empirical_coverage
 from models.dataset import TrainingSet, demo_training_set
 from models.export import ONNX_FILE_NAME
@@ -64,7 +66,7 @@ def _records(data: TrainingSet, count: int) -> list[dict[str, Any]]:
     ]
 
 
-def scoring_figures(spec_path: Path, *, events: int = 30_000, rows: int = 4_096) -> dict[str, Any]:
+def scoring_figures(spec_path: Path, *, events: int = 60_000, rows: int = 4_096) -> dict[str, Any]:
     spec = load_spec(spec_path)
     data = demo_training_set(spec, events, seed=3)
     with tempfile.TemporaryDirectory(prefix="headrace-bench-model-") as scratch:
@@ -85,6 +87,20 @@ def scoring_figures(spec_path: Path, *, events: int = 30_000, rows: int = 4_096)
         records = _records(data, 4_096)
         batched = _path_rate(loaded, records, batch=256)
         single = _path_rate(loaded, records[:1_024], batch=1)
+        cascade = Cascade.from_state(metadata.cascade) if metadata.cascade else None
+        with_cascade = LoadedModel(
+            loaded.name,
+            loaded.version,
+            metadata,
+            onnx,
+            loaded.conformal,
+            cascade,
+        )
+        cascaded_rate = _path_rate(with_cascade, records, batch=256)
+        traffic = data.features[int(len(data.labels) * 0.8) :]
+        escalated_share = float(cascade.escalate(traffic).mean()) if cascade else 1.0
+        hashes = [feature_hash(r["features"]) for r in _records(data, len(data.labels))]
+        cache_hit_rate = 1.0 - len(set(hashes)) / len(hashes)
         # Held-out: the last 20% of the time-ordered rows were the conformal split.
         held_out = slice(int(len(data.labels) * 0.8), None)
         probs = member_probabilities(model, data.features[held_out]).mean(axis=0)
@@ -105,6 +121,9 @@ def scoring_figures(spec_path: Path, *, events: int = 30_000, rows: int = 4_096)
         "batched_vs_per_event_ratio": round(batched / single, 2),
         "scoring_path_rows_per_s_batch256": round(batched),
         "scoring_path_rows_per_s_batch1": round(single),
+        "cascade_escalated_share": round(escalated_share, 4),
+        "scoring_path_rows_per_s_batch256_cascade": round(cascaded_rate),
+        "cache_hit_rate": round(cache_hit_rate, 4),
         "ort_vs_torch_cpu_ratio": round(ort_cpu / torch_cpu, 2) if torch_cpu else None,
         "ece_before": round(trained.metadata.metrics["ece_before"], 4),
         "ece_after": round(trained.metadata.metrics["ece_after"], 4),

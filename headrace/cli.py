@@ -188,7 +188,7 @@ def bench_features(as_json: bool, events: int, quick: bool) -> None:
 
 @bench_group.command("scoring", help="Backends by batch size, batching gain, ECE, coverage.")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object as the last line")
-@click.option("--events", type=click.IntRange(min=2_000), default=30_000, show_default=True)
+@click.option("--events", type=click.IntRange(min=2_000), default=60_000, show_default=True)
 def bench_scoring(as_json: bool, events: int) -> None:
     from bench.scoring import scoring_figures
 

@@ -64,6 +64,7 @@ class ModelMetadata:
     first_event_time: int
     last_event_time: int
     metrics: dict[str, float] = field(default_factory=dict)
+    cascade: dict[str, Any] | None = None  # models.cascade.Cascade state, when trained
 
 
 def data_hash(features: np.ndarray, labels: np.ndarray) -> str:

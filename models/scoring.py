@@ -20,9 +20,10 @@ import numpy as np
 from models.artifact import ModelMetadata
 from models.backends import ScoringBackend
 from models.cache import feature_hash
+from models.cascade import Cascade
 from models.conformal import ConformalPredictor
 from models.export import ONNX_FILE_NAME
-from models.uncertainty import summarise
+from models.uncertainty import Uncertainty, summarise
 
 LOW_CONFIDENCE = 0.7  # below this top probability, or with a set of several classes
 
@@ -34,6 +35,7 @@ class LoadedModel:
     metadata: ModelMetadata
     backend: ScoringBackend
     conformal: ConformalPredictor
+    cascade: Cascade | None = None  # when set, confident cases never reach the ensemble
 
 
 def model_version(directory: Path) -> str:
@@ -56,7 +58,7 @@ def score_batch(
             [[_value(r["features"].get(n)) for n in names] for r in scorable],
             dtype=np.float32,
         )
-        summary = summarise(model.backend.member_probs(matrix))
+        summary, answered_by = _probabilities(model, matrix)
         sets = model.conformal.predict_sets(summary.mean)
         for i, record in enumerate(scorable):
             confidence = float(summary.confidence[i])
@@ -71,6 +73,7 @@ def score_batch(
                     "conformal_alpha": model.conformal.alpha,
                 },
                 "low_confidence": confidence < LOW_CONFIDENCE or len(sets[i]) != 1,
+                "answered_by": answered_by[i],
             }
     out = []
     for record in records:
@@ -97,6 +100,22 @@ def score_batch(
             base.update(prediction)
         out.append(base)
     return out
+
+
+def _probabilities(model: LoadedModel, matrix: np.ndarray) -> tuple[Uncertainty, list[str]]:
+    """Mean probabilities and uncertainty per row; the cascade sends only the uncertain
+    rows to the ensemble (triage answers carry zero mutual information: one model)."""
+    if model.cascade is None:
+        return summarise(model.backend.member_probs(matrix)), ["ensemble"] * len(matrix)
+    escalate = model.cascade.escalate(matrix.astype(np.float64))
+    positive = model.cascade.triage.positive_probability(matrix.astype(np.float64))
+    members = np.stack([1.0 - positive, positive], axis=1)[np.newaxis].repeat(
+        model.metadata.members,
+        axis=0,
+    )
+    if escalate.any():
+        members[:, escalate] = model.backend.member_probs(matrix[escalate])
+    return summarise(members), ["ensemble" if e else "triage" for e in escalate]
 
 
 def _value(value: float | None) -> float:

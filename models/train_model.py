@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from models.artifact import (
     save_metadata,
     save_weights,
 )
+from models.cascade import Cascade, choose_threshold, fit_triage
 from models.dataset import TrainingSet
 from models.export import ONNX_FILE_NAME, export_onnx
 from models.network import Ensemble
@@ -43,6 +45,36 @@ def _served_probs(member_logits: np.ndarray, temperature: float) -> np.ndarray:
     return mean
 
 
+def fit_ensemble_temperature(
+    member_logits: np.ndarray,
+    labels: np.ndarray,
+    *,
+    log_bounds: tuple[float, float] = (-3.0, 3.0),
+) -> float:
+    """The temperature minimising the NLL of what is served: the mean over members of
+    softmax(logits / T). Golden-section search on log T (the NLL is unimodal there)."""
+    rows = np.arange(len(labels))
+
+    def loss(log_temperature: float) -> float:
+        probs = _served_probs(member_logits, math.exp(log_temperature))
+        return float(-np.log(np.clip(probs[rows, labels], 1e-12, 1.0)).mean())
+
+    ratio = (math.sqrt(5.0) - 1.0) / 2.0
+    low, high = log_bounds
+    left, right = high - ratio * (high - low), low + ratio * (high - low)
+    loss_left, loss_right = loss(left), loss(right)
+    while high - low > 1e-5:
+        if loss_left <= loss_right:
+            high, right, loss_right = right, left, loss_left
+            left = high - ratio * (high - low)
+            loss_left = loss(left)
+        else:
+            low, left, loss_left = left, right, loss_right
+            right = low + ratio * (high - low)
+            loss_right = loss(right)
+    return math.exp((low + high) / 2.0)
+
+
 def train_model(
     data: TrainingSet,
     directory: Path,
@@ -59,8 +91,16 @@ def train_model(
     model = train_ensemble(x[:train_end], y[:train_end], config)
     val_logits = _member_logits(model, x[train_end:val_end])
     y_val = y[train_end:val_end]
-    temperature = calibration.fit_temperature(val_logits.mean(axis=0), y_val)
+    temperature = fit_ensemble_temperature(val_logits, y_val)
     model.temperature.fill_(temperature)
+    val_predicted = _served_probs(val_logits, temperature).argmax(axis=1)
+    triage = fit_triage(
+        x[:train_end],
+        y[:train_end],
+        model.mean.numpy().astype(np.float64),
+        model.scale.numpy().astype(np.float64),
+    )
+    cascade = Cascade(triage, choose_threshold(triage, x[train_end:val_end], val_predicted))
     cal_logits = _member_logits(model, x[val_end:])
     y_cal = y[val_end:]
     before = _served_probs(cal_logits, 1.0)
@@ -95,7 +135,9 @@ def train_model(
             "ece_before": calibration.expected_calibration_error(before, y_cal),
             "ece_after": calibration.expected_calibration_error(after, y_cal),
             "positive_rate": float(y.mean()),
+            "cascade_escalated_share_heldout": float(cascade.escalate(x[val_end:]).mean()),
         },
+        cascade=cascade.to_state(),
     )
     save_metadata(directory, metadata)
     return TrainedModel(directory, metadata)

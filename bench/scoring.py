@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.compression import compression_figures
 from models import calibration
 from models.artifact import load_model
 from models.backends import ScoringBackend, available_backends
@@ -99,6 +100,16 @@ def scoring_figures(spec_path: Path, *, events: int = 60_000, rows: int = 4_096)
         cascaded_rate = _path_rate(with_cascade, records, batch=256)
         traffic = data.features[int(len(data.labels) * 0.8) :]
         escalated_share = float(cascade.escalate(traffic).mean()) if cascade else 1.0
+        split = int(len(data.labels) * 0.8)
+        (directory / "compression").mkdir()
+        compression = compression_figures(
+            directory / ONNX_FILE_NAME,
+            model,
+            data.features[split:],
+            data.labels[split:],
+            data.features[int(len(data.labels) * 0.6) : split],
+            directory / "compression",
+        )
         hashes = [feature_hash(r["features"]) for r in _records(data, len(data.labels))]
         cache_hit_rate = 1.0 - len(set(hashes)) / len(hashes)
         # Held-out: the last 20% of the time-ordered rows were the conformal split.
@@ -131,6 +142,7 @@ def scoring_figures(spec_path: Path, *, events: int = 60_000, rows: int = 4_096)
         "coverage_90": round(coverage[0.1], 4),
         "coverage_95": round(coverage[0.05], 4),
         "heldout_rows": len(labels),
+        **compression,
     }
 
 

@@ -3,11 +3,14 @@
 Every backend takes float32 features (batch, n_features), NaN for missing, and returns
 every member's probabilities (members, batch, classes) as float64. The same inputs give
 the same outputs within a stated tolerance on every backend (checked by the tests for
-each backend that runs on the machine at hand). TensorRT joins here where it imports.
+each backend that runs on the machine at hand). TensorRT (``models/tensorrt_backend.py``)
+comes first where it imports and a CUDA device is present; its fp32 engine is held to the
+same tolerance, TF32 off.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -17,6 +20,7 @@ import torch
 
 from models.export import INPUT
 from models.network import Ensemble
+from models.tensorrt_backend import TensorRTBackend, tensorrt_available
 
 AGREEMENT_TOLERANCE = 1e-5  # largest absolute difference in a probability
 
@@ -63,25 +67,35 @@ class TorchBackend:
         return probs
 
 
-def available_backends(model: Ensemble, onnx_path: Path) -> list[ScoringBackend]:
-    """Every backend this machine can run, the preferred one first."""
-    backends: list[ScoringBackend] = []
+def backend_factories(model: Ensemble, onnx_path: Path) -> dict[str, Callable[[], ScoringBackend]]:
+    """How to build each backend this machine can run, by name, the preferred one first.
+
+    Nothing is built here: a TensorRT engine takes seconds to build, so only the backend
+    chosen is.
+    """
+    factories: dict[str, Callable[[], ScoringBackend]] = {}
+    if tensorrt_available():
+        factories["tensorrt"] = lambda: TensorRTBackend(onnx_path)
     if torch.cuda.is_available():
-        backends.append(TorchBackend(model, device="cuda"))
-    backends.append(OnnxRuntimeBackend(onnx_path))
-    backends.append(TorchBackend(model, device="cpu"))
-    return backends
+        factories["torch-cuda"] = lambda: TorchBackend(model, device="cuda")
+    factories["onnxruntime-cpu"] = lambda: OnnxRuntimeBackend(onnx_path)
+    factories["torch-cpu"] = lambda: TorchBackend(model, device="cpu")
+    return factories
+
+
+def available_backends(model: Ensemble, onnx_path: Path) -> list[ScoringBackend]:
+    """Every backend this machine can run, built, the preferred one first."""
+    return [build() for build in backend_factories(model, onnx_path).values()]
 
 
 def choose_backend(
     model: Ensemble, onnx_path: Path, preference: str | None = None
 ) -> ScoringBackend:
-    """The named backend, or the first available: CUDA where present, else ONNX Runtime."""
-    backends = available_backends(model, onnx_path)
+    """The named backend, or the first available: TensorRT, else PyTorch CUDA, else ONNX Runtime."""
+    factories = backend_factories(model, onnx_path)
     if preference is None:
-        return backends[0]
-    for backend in backends:
-        if backend.name == preference:
-            return backend
-    names = ", ".join(b.name for b in backends)
-    raise ValueError(f"backend {preference!r} is not available here; available: {names}")
+        return next(iter(factories.values()))()
+    if preference not in factories:
+        names = ", ".join(factories)
+        raise ValueError(f"backend {preference!r} is not available here; available: {names}")
+    return factories[preference]()

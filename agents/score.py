@@ -6,6 +6,10 @@ event, keyed and identified by its request id (the event id), so a prediction wr
 twice after a restart is the same record twice: consumers de-duplicate by request id.
 A redelivered feature record (read again after a restart of the ingest agent) is not
 scored again: its first record is on the topic.
+
+Each record's deadline is its features message's timestamp plus ``score_budget_ms``; the
+chunk goes to ``models.serving.ChunkScorer`` (prediction cache, micro-batches, fast path
+for records past their deadline).
 """
 
 from __future__ import annotations
@@ -19,17 +23,18 @@ import structlog
 
 from models.artifact import load_model
 from models.backends import choose_backend
+from models.cache import LruPredictionCache, PredictionCache, RedisPredictionCache
 from models.cascade import Cascade
 from models.conformal import ConformalPredictor
 from models.export import ONNX_FILE_NAME
-from models.scoring import LoadedModel, model_version, score_batch
+from models.scoring import LoadedModel, model_version
+from models.serving import ChunkScorer
 from streams import topics
 from streams.app import app, settings
 
 log = structlog.get_logger(__name__)
 
-MAX_BATCH = 256
-WITHIN_S = 0.02
+CACHE_ENTRIES = 100_000
 
 
 def load(directory: Path) -> LoadedModel:
@@ -44,18 +49,32 @@ def load(directory: Path) -> LoadedModel:
     )
 
 
+def prediction_cache() -> PredictionCache | None:
+    if settings.prediction_cache == "redis":
+        return RedisPredictionCache(
+            settings.redis_url, key_prefix=f"{settings.app_id}:predictions:"
+        )
+    if settings.prediction_cache == "memory":
+        return LruPredictionCache(CACHE_ENTRIES)
+    return None
+
+
 if settings.model_dir:
     loaded = load(Path(settings.model_dir))
+    scorer = ChunkScorer(loaded, max_batch=settings.score_max_batch, cache=prediction_cache())
     log.info(
         "score.model_loaded", model=loaded.name, version=loaded.version, backend=loaded.backend.name
     )
 
     @app.agent(topics.features)
     async def score(stream: Any) -> None:
-        async for batch in stream.take_events(MAX_BATCH, within=WITHIN_S):
-            records = []
+        within_s = settings.score_within_ms / 1000
+        async for batch in stream.take_events(settings.score_max_batch, within=within_s):
+            records, deadlines = [], []
             for event in batch:
                 record = orjson.loads(event.value)
+                if record.get("redelivered"):
+                    continue
                 message = event.message
                 record["features_at"] = {
                     "topic": message.topic,
@@ -63,19 +82,13 @@ if settings.model_dir:
                     "offset": message.offset,
                 }
                 records.append(record)
-            fresh = [r for r in records if not r.get("redelivered")]
-            if not fresh:
+                deadlines.append(int(message.timestamp * 1000) + settings.score_budget_ms)
+            if not records:
                 continue
-            started = time.perf_counter()
-            predictions = score_batch(
-                loaded,
-                fresh,
-                now_ms=int(time.time() * 1000),
-                batch_ms=0.0,
+            predictions = await scorer.score(
+                records, deadlines_ms=deadlines, now_ms=int(time.time() * 1000)
             )
-            batch_ms = (time.perf_counter() - started) * 1000
             for prediction in predictions:
-                prediction["latency_ms"]["batch_score"] = round(batch_ms, 3)
                 await topics.predictions.send(
                     key=prediction["request_id"].encode(),
                     value=orjson.dumps(prediction),

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from bench.compression import compression_figures
+from bench.scoring_agent import agent_figures
 from models import calibration
 from models.artifact import load_model
 from models.backends import ScoringBackend, available_backends
@@ -55,7 +56,7 @@ def _records(data: TrainingSet, count: int) -> list[dict[str, Any]]:
     return [
         {
             "event_id": f"ev-{i}",
-            "entity_id": "card",
+            "entity_id": f"card-{i % 500}",
             "event_time": i,
             "feature_version": data.feature_version,
             "features": {
@@ -67,7 +68,10 @@ def _records(data: TrainingSet, count: int) -> list[dict[str, Any]]:
     ]
 
 
-def scoring_figures(spec_path: Path, *, events: int = 60_000, rows: int = 4_096) -> dict[str, Any]:
+def scoring_figures(
+    spec_path: Path, *, events: int = 60_000, rows: int = 4_096, agent: bool = True
+) -> dict[str, Any]:
+    """Every figure of ``headrace bench scoring``; ``agent=False`` skips the broker runs."""
     spec = load_spec(spec_path)
     data = demo_training_set(spec, events, seed=3)
     with tempfile.TemporaryDirectory(prefix="headrace-bench-model-") as scratch:
@@ -110,6 +114,7 @@ def scoring_figures(spec_path: Path, *, events: int = 60_000, rows: int = 4_096)
             data.features[int(len(data.labels) * 0.6) : split],
             directory / "compression",
         )
+        through_agent = agent_figures(directory, _records(data, 20_000)) if agent else {}
         hashes = [feature_hash(r["features"]) for r in _records(data, len(data.labels))]
         cache_hit_rate = 1.0 - len(set(hashes)) / len(hashes)
         # Held-out: the last 20% of the time-ordered rows were the conformal split.
@@ -129,7 +134,8 @@ def scoring_figures(spec_path: Path, *, events: int = 60_000, rows: int = 4_096)
     ort_cpu = per_backend["onnxruntime-cpu"]["128"]["rows_per_s"]
     return {
         "backends": per_backend,
-        "batched_vs_per_event_ratio": round(batched / single, 2),
+        **through_agent,
+        "scoring_path_batched_vs_per_event_ratio": round(batched / single, 2),
         "scoring_path_rows_per_s_batch256": round(batched),
         "scoring_path_rows_per_s_batch1": round(single),
         "cascade_escalated_share": round(escalated_share, 4),

@@ -189,10 +189,16 @@ def bench_features(as_json: bool, events: int, quick: bool) -> None:
 @bench_group.command("scoring", help="Backends by batch size, batching gain, ECE, coverage.")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object as the last line")
 @click.option("--events", type=click.IntRange(min=2_000), default=60_000, show_default=True)
-def bench_scoring(as_json: bool, events: int) -> None:
+@click.option(
+    "--agent/--no-agent",
+    default=True,
+    show_default=True,
+    help="also time the scoring agent through the broker (starts the servers)",
+)
+def bench_scoring(as_json: bool, events: int, agent: bool) -> None:
     from bench.scoring import scoring_figures
 
-    result = scoring_figures(Settings.from_env().spec_path, events=events)
+    result = scoring_figures(Settings.from_env().spec_path, events=events, agent=agent)
     if not as_json:
         for key, value in result.items():
             click.echo(f"{key:<34} {value}")

@@ -67,6 +67,42 @@ class TorchBackend:
         return probs
 
 
+class McDropoutBackend:
+    """PyTorch with dropout left on: ``samples`` stochastic passes of every member.
+
+    Returns (members * samples, batch, classes), which the uncertainty summary reads as a
+    larger ensemble: the mutual information then includes the dropout disagreement. The
+    passes are seeded by ``seed`` on every call, so the same batch gives the same output
+    (a replay reproduces it). The conformal thresholds were fitted on the deterministic
+    ensemble, so coverage is as measured for it; chosen by name only, never by default.
+    """
+
+    def __init__(
+        self, model: Ensemble, *, samples: int = 8, seed: int = 0, device: str = "cpu"
+    ) -> None:
+        if samples < 1:
+            raise ValueError(f"samples must be at least 1, not {samples}")
+        self.name = f"torch-{device}-mc-dropout"
+        self.samples = samples
+        self._seed = seed
+        self._device = torch.device(device)
+        self._model = model.to(self._device)
+
+    def member_probs(self, features: np.ndarray) -> np.ndarray:
+        x = torch.as_tensor(np.ascontiguousarray(features, dtype=np.float32), device=self._device)
+        was_training = self._model.training
+        devices = [self._device] if self._device.type == "cuda" else []
+        try:
+            self._model.train()  # dropout on; the model has no batch statistics to disturb
+            with torch.random.fork_rng(devices=devices), torch.inference_mode():
+                torch.manual_seed(self._seed)
+                passes = [self._model(x) for _ in range(self.samples)]
+        finally:
+            self._model.train(was_training)
+        probs: np.ndarray = torch.cat(passes).to("cpu").numpy().astype(np.float64)
+        return probs
+
+
 def backend_factories(model: Ensemble, onnx_path: Path) -> dict[str, Callable[[], ScoringBackend]]:
     """How to build each backend this machine can run, by name, the preferred one first.
 
@@ -80,12 +116,17 @@ def backend_factories(model: Ensemble, onnx_path: Path) -> dict[str, Callable[[]
         factories["torch-cuda"] = lambda: TorchBackend(model, device="cuda")
     factories["onnxruntime-cpu"] = lambda: OnnxRuntimeBackend(onnx_path)
     factories["torch-cpu"] = lambda: TorchBackend(model, device="cpu")
+    factories["torch-cpu-mc-dropout"] = lambda: McDropoutBackend(model)
     return factories
 
 
 def available_backends(model: Ensemble, onnx_path: Path) -> list[ScoringBackend]:
-    """Every backend this machine can run, built, the preferred one first."""
-    return [build() for build in backend_factories(model, onnx_path).values()]
+    """Every deterministic backend this machine can run, built, the preferred one first."""
+    return [
+        build()
+        for name, build in backend_factories(model, onnx_path).items()
+        if not name.endswith("mc-dropout")
+    ]
 
 
 def choose_backend(

@@ -153,6 +153,7 @@ class MicroBatcher(Generic[T]):
         self.max_wait_ms = max_wait_ms
         self.cost_model = BatchCostModel() if cost_model is None else cost_model
         self._waiting: list[_Waiting[T]] = []
+        self._earliest_deadline_ms: int | None = None  # of the waiting items: O(1) checks
         self._now_ms: int | None = None
 
     def __len__(self) -> int:
@@ -167,6 +168,10 @@ class MicroBatcher(Generic[T]):
         now = self._advance(now_ms)
         released = self._release_due(now)
         self._waiting.append(_Waiting(item, now, deadline_ms))
+        if deadline_ms is not None and (
+            self._earliest_deadline_ms is None or deadline_ms < self._earliest_deadline_ms
+        ):
+            self._earliest_deadline_ms = deadline_ms
         released.extend(self._release_due(now))
         return released
 
@@ -206,10 +211,16 @@ class MicroBatcher(Generic[T]):
 
     def _deadline_due(self, size: int) -> int | None:
         """When the first ``size`` waiting items fall due for their earliest deadline."""
-        deadlines = [w.deadline_ms for w in self._waiting[:size] if w.deadline_ms is not None]
-        if not deadlines:
+        if size == len(self._waiting):
+            earliest = self._earliest_deadline_ms
+        else:
+            earliest = min(
+                (w.deadline_ms for w in self._waiting[:size] if w.deadline_ms is not None),
+                default=None,
+            )
+        if earliest is None:
             return None
-        return min(deadlines) - self.cost_model.predict_ms(size)
+        return earliest - self.cost_model.predict_ms(size)
 
     def _due_reason(self, size: int, now: int) -> ReleaseReason | None:
         """Why the first ``size`` waiting items, as a batch, are due at ``now``, if they are."""
@@ -226,8 +237,10 @@ class MicroBatcher(Generic[T]):
     def _release_due(self, now: int) -> list[Batch[T]]:
         released: list[Batch[T]] = []
         while self._waiting:
-            first_expired = next(
-                (i for i, w in enumerate(self._waiting) if w.expired_at(now)), None
+            first_expired = (
+                None
+                if self._earliest_deadline_ms is None or now <= self._earliest_deadline_ms
+                else next((i for i, w in enumerate(self._waiting) if w.expired_at(now)), None)
             )
             if first_expired == 0:
                 expired = 1
@@ -247,6 +260,9 @@ class MicroBatcher(Generic[T]):
 
     def _cut(self, size: int, reason: ReleaseReason, now: int) -> Batch[T]:
         taken, self._waiting = self._waiting[:size], self._waiting[size:]
+        self._earliest_deadline_ms = min(
+            (w.deadline_ms for w in self._waiting if w.deadline_ms is not None), default=None
+        )
         deadlines = [w.deadline_ms for w in taken if w.deadline_ms is not None]
         return Batch(
             items=tuple(w.item for w in taken),

@@ -48,73 +48,112 @@ def score_batch(
     *,
     now_ms: int,
     batch_ms: float,
+    fast: bool = False,
 ) -> list[dict[str, Any]]:
-    """One prediction record per feature record, in order."""
+    """One prediction record per feature record, in order.
+
+    ``fast`` answers by the cascade's triage model alone (the fast path for events past
+    their deadline); a model without a cascade answers as usual.
+    """
+    outputs = model_outputs(model, records, fast=fast)
+    scored = sum(output is not None for output in outputs)
+    return [
+        prediction_record(model, record, output, now_ms=now_ms, batch_ms=batch_ms, batch=scored)
+        for record, output in zip(records, outputs, strict=True)
+    ]
+
+
+def model_outputs(
+    model: LoadedModel, records: Sequence[Mapping[str, Any]], *, fast: bool = False
+) -> list[dict[str, Any] | None]:
+    """What the model says of each record (the part of a prediction a cache may keep);
+    None for a record whose feature version is not the model's."""
     names = model.metadata.feature_names
-    scorable = [r for r in records if r["feature_version"] == model.metadata.feature_version]
-    predictions: dict[str, dict[str, Any]] = {}
-    if scorable:
-        matrix = np.array(
-            [[_value(r["features"].get(n)) for n in names] for r in scorable],
-            dtype=np.float32,
-        )
-        summary, answered_by = _probabilities(model, matrix)
-        sets = model.conformal.predict_sets(summary.mean)
-        for i, record in enumerate(scorable):
-            confidence = float(summary.confidence[i])
-            predictions[record["event_id"]] = {
-                "probabilities": [float(p) for p in summary.mean[i]],
-                "predicted": int(summary.predicted[i]),
-                "uncertainty": {
-                    "confidence": confidence,
-                    "entropy": float(summary.entropy[i]),
-                    "mutual_information": float(summary.mutual_information[i]),
-                    "conformal_set": list(sets[i]),
-                    "conformal_alpha": model.conformal.alpha,
-                },
-                "low_confidence": confidence < LOW_CONFIDENCE or len(sets[i]) != 1,
-                "answered_by": answered_by[i],
-            }
-    out = []
-    for record in records:
-        prediction = predictions.get(record["event_id"])
-        base = {
-            "request_id": record["event_id"],
-            "event_id": record["event_id"],
-            "entity_id": record["entity_id"],
-            "event_time": record["event_time"],
-            "model": {"name": model.name, "version": model.version},
-            "route": "champion",
-            "feature_version": record["feature_version"],
-            "features_hash": feature_hash(record["features"]),
-            "features_at": record.get("features_at"),
-            "scored_at": now_ms,
-            "latency_ms": {"batch_score": round(batch_ms, 3), "batch_size": len(scorable)},
+    scorable = [
+        i for i, r in enumerate(records) if r["feature_version"] == model.metadata.feature_version
+    ]
+    outputs: list[dict[str, Any] | None] = [None] * len(records)
+    if not scorable:
+        return outputs
+    matrix = np.array(
+        [[_value(records[i]["features"].get(n)) for n in names] for i in scorable],
+        dtype=np.float32,
+    )
+    summary, answered_by = _probabilities(model, matrix, fast=fast)
+    sets = model.conformal.predict_sets(summary.mean)
+    for row, i in enumerate(scorable):
+        confidence = float(summary.confidence[row])
+        outputs[i] = {
+            "probabilities": [float(p) for p in summary.mean[row]],
+            "predicted": int(summary.predicted[row]),
+            "uncertainty": {
+                "confidence": confidence,
+                "entropy": float(summary.entropy[row]),
+                "mutual_information": float(summary.mutual_information[row]),
+                "conformal_set": list(sets[row]),
+                "conformal_alpha": model.conformal.alpha,
+            },
+            "low_confidence": confidence < LOW_CONFIDENCE or len(sets[row]) != 1,
+            "answered_by": answered_by[row],
         }
-        if prediction is None:
-            base["error"] = (
-                f"feature_version {record['feature_version']} is not the model's "
-                f"{model.metadata.feature_version}"
-            )
-        else:
-            base.update(prediction)
-        out.append(base)
-    return out
+    return outputs
 
 
-def _probabilities(model: LoadedModel, matrix: np.ndarray) -> tuple[Uncertainty, list[str]]:
+def prediction_record(  # noqa: PLR0913 - the record and its output, then keyword-only context
+    model: LoadedModel,
+    record: Mapping[str, Any],
+    output: Mapping[str, Any] | None,
+    *,
+    now_ms: int,
+    batch_ms: float,
+    batch: int,
+    features_hash: str | None = None,
+) -> dict[str, Any]:
+    """The prediction record of one feature record (DESIGN.md section 2); pass
+    ``features_hash`` when it is known, to spare hashing the vector again."""
+    prediction: dict[str, Any] = {
+        "request_id": record["event_id"],
+        "event_id": record["event_id"],
+        "entity_id": record["entity_id"],
+        "event_time": record["event_time"],
+        "model": {"name": model.name, "version": model.version},
+        "route": "champion",
+        "feature_version": record["feature_version"],
+        "features_hash": features_hash or feature_hash(record["features"]),
+        "features_at": record.get("features_at"),
+        "scored_at": now_ms,
+        "latency_ms": {"batch_score": round(batch_ms, 3), "batch_size": batch},
+    }
+    if output is None:
+        prediction["error"] = (
+            f"feature_version {record['feature_version']} is not the model's "
+            f"{model.metadata.feature_version}"
+        )
+    else:
+        prediction.update(output)
+    return prediction
+
+
+def _probabilities(
+    model: LoadedModel, matrix: np.ndarray, *, fast: bool
+) -> tuple[Uncertainty, list[str]]:
     """Mean probabilities and uncertainty per row; the cascade sends only the uncertain
-    rows to the ensemble (triage answers carry zero mutual information: one model)."""
+    rows to the ensemble (triage answers carry zero mutual information: one model), and
+    none at all on the fast path."""
     if model.cascade is None:
         return summarise(model.backend.member_probs(matrix)), ["ensemble"] * len(matrix)
     escalate = model.cascade.escalate(matrix.astype(np.float64))
     positive = model.cascade.triage.positive_probability(matrix.astype(np.float64))
+    ensemble = None if fast or not escalate.any() else model.backend.member_probs(matrix[escalate])
+    # Triage answers repeat one model's output once per member: zero disagreement.
     members = np.stack([1.0 - positive, positive], axis=1)[np.newaxis].repeat(
-        model.metadata.members,
+        model.metadata.members if ensemble is None else len(ensemble),
         axis=0,
     )
-    if escalate.any():
-        members[:, escalate] = model.backend.member_probs(matrix[escalate])
+    if fast:
+        return summarise(members), ["fast_path"] * len(matrix)
+    if ensemble is not None:
+        members[:, escalate] = ensemble
     return summarise(members), ["ensemble" if e else "triage" for e in escalate]
 
 

@@ -16,6 +16,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SPEC = Path(__file__).resolve().parent / "domains" / "payments.toml"
 
 
+PREDICTION_CACHES = ("memory", "redis", "off")
+
+
 class SettingsError(ValueError):
     """A setting has a value that cannot be used."""
 
@@ -54,6 +57,10 @@ class Settings:
     online_ttl_s: int = 86_400
     model_dir: str = ""  # a model directory (headrace model train); empty: no scoring
     backend: str = ""  # a backend name; empty: the best one this machine runs
+    score_max_batch: int = 256  # the most feature records scored in one batch
+    score_within_ms: int = 20  # the longest the scoring agent waits to fill a batch
+    score_budget_ms: int = 500  # features record to prediction; later: fast path, flagged
+    prediction_cache: str = "memory"  # memory (per worker), redis (shared) or off
 
     @property
     def online_key_prefix(self) -> str:
@@ -102,7 +109,26 @@ class Settings:
             online_ttl_s=_int(env, "HEADRACE_ONLINE_TTL_S", defaults.online_ttl_s, minimum=1),
             model_dir=env.get("HEADRACE_MODEL_DIR", ""),
             backend=env.get("HEADRACE_BACKEND", ""),
+            score_max_batch=_int(
+                env, "HEADRACE_SCORE_MAX_BATCH", defaults.score_max_batch, minimum=1
+            ),
+            score_within_ms=_int(
+                env, "HEADRACE_SCORE_WITHIN_MS", defaults.score_within_ms, minimum=1
+            ),
+            score_budget_ms=_int(
+                env, "HEADRACE_SCORE_BUDGET_MS", defaults.score_budget_ms, minimum=1
+            ),
+            prediction_cache=_choice(
+                env, "HEADRACE_PREDICTION_CACHE", defaults.prediction_cache, PREDICTION_CACHES
+            ),
         )
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = env.get(name) or default
+    if value not in choices:
+        raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
 
 
 def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:

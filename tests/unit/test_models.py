@@ -80,3 +80,17 @@ def test_choosing_an_unknown_backend_says_what_is_available(trained: tuple[Ensem
     assert choose_backend(model, path, "onnxruntime-cpu").name == "onnxruntime-cpu"
     with pytest.raises(ValueError, match="available: "):
         choose_backend(model, path, "tensorrt")
+
+
+def test_mc_dropout_samples_every_member_reproducibly(trained: tuple[Ensemble, Path]) -> None:
+    model, path = trained
+    backend = choose_backend(model, path, "torch-cpu-mc-dropout")
+    x, _ = synthetic(64, seed=5)
+    first = backend.member_probs(x.astype(np.float32))
+    again = backend.member_probs(x.astype(np.float32))
+    deterministic = member_probabilities(model, x)
+    assert first.shape == (3 * 8, 64, 2)
+    assert np.array_equal(first, again)  # seeded: a replay gives the same answer
+    assert np.abs(first[0] - first[3]).max() > 1e-3  # pass 1 and pass 2 of member 0 differ
+    assert np.abs(first.mean(axis=0) - deterministic.mean(axis=0)).mean() < 0.05
+    assert not model.training  # dropout is off again afterwards

@@ -25,13 +25,15 @@ def free_port() -> int:
 
 
 def isolated_env(base_dir: Path, *, name: str | None = None, **extra: str) -> dict[str, str]:
-    """Settings for a worker with its own topic prefix, app id, state and web port."""
+    """Settings for a worker with its own topic prefix, app id, state, web port and registry."""
     run_id = name or uuid.uuid4().hex[:10]
     env = {
         "HEADRACE_APP_ID": f"headrace-{run_id}",
         "HEADRACE_TOPIC_PREFIX": f"{run_id}.",
         "HEADRACE_DATA_DIR": str(base_dir / run_id),
         "HEADRACE_WEB_PORT": str(free_port()),
+        "HEADRACE_MLFLOW_URI": f"sqlite:///{base_dir / run_id / 'mlflow' / 'mlflow.db'}",
+        "HEADRACE_MLFLOW_ARTIFACTS": str(base_dir / run_id / "mlflow" / "artifacts"),
     }
     env.update(extra)
     return env

@@ -32,6 +32,7 @@ class TopicNames:
     predictions: str = "predictions"
     labels: str = "labels"
     model_events: str = "model.events"
+    outcomes: str = "outcomes"
 
     def prefixed(self, prefix: str) -> TopicNames:
         if not prefix:
@@ -61,6 +62,10 @@ class Settings:
     score_within_ms: int = 20  # the longest the scoring agent waits to fill a batch
     score_budget_ms: int = 500  # features record to prediction; later: fast path, flagged
     prediction_cache: str = "memory"  # memory (per worker), redis (shared) or off
+    model_name: str = "payments-fraud"  # the registered model the worker serves
+    # MLflow's registry: a sqlite file and a local artifact folder by default, or a server.
+    mlflow_uri: str = f"sqlite:///{REPO_ROOT / '.headrace' / 'mlflow' / 'mlflow.db'}"
+    mlflow_artifacts: str = str(REPO_ROOT / ".headrace" / "mlflow" / "artifacts")
 
     @property
     def online_key_prefix(self) -> str:
@@ -118,6 +123,9 @@ class Settings:
             score_budget_ms=_int(
                 env, "HEADRACE_SCORE_BUDGET_MS", defaults.score_budget_ms, minimum=1
             ),
+            model_name=env.get("HEADRACE_MODEL_NAME", defaults.model_name),
+            mlflow_uri=env.get("HEADRACE_MLFLOW_URI", defaults.mlflow_uri),
+            mlflow_artifacts=env.get("HEADRACE_MLFLOW_ARTIFACTS", defaults.mlflow_artifacts),
             prediction_cache=_choice(
                 env, "HEADRACE_PREDICTION_CACHE", defaults.prediction_cache, PREDICTION_CACHES
             ),

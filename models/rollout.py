@@ -1,0 +1,211 @@
+"""The rollout controller's decision: shift the canary's traffic, promote it, roll it back.
+
+A pure function of the model state and two arms' statistics. ``champion`` and ``canary``
+must cover the same period, *since the canary's last step* (resetting the counters at
+each ``traffic_shifted`` is the caller's business), and count labelled outcomes: ``n``
+predictions whose label has arrived, ``errors`` of them wrong. ``p99_ms`` is the arm's
+99th-percentile latency, None until the caller has latency samples enough for a p99.
+
+The rules, in order; the first that fires decides:
+
+1. ``latency_slo``: the canary's p99 is above ``p99_slo_ms``: roll back.
+2. With no champion there is nothing to compare against: wait (a person promotes).
+3. Until both arms have ``min_samples`` labelled outcomes: wait.
+4. ``error_ratio``: the canary's error rate is above ``rollback_error_ratio`` times the
+   champion's, the champion's taken as at least ``1 / n`` so that a champion with no
+   errors still leaves room for one: roll back. A blunt guard, not a test.
+5. ``non_inferior``: a one-sided two-proportion z-test of non-inferiority rejects
+   ``H0: p_canary - p_champion >= margin`` at ``alpha``, and the canary's p99 is known
+   and within the SLO: shift to the next of ``steps`` above the canary's percent, or
+   promote when it is at (or past) the last step.
+6. Otherwise: wait (None).
+
+The test statistic is ``z = (p_canary - p_champion - margin) / se`` with the unpooled
+standard error ``se = sqrt(p_c (1 - p_c) / n_c + p_0 (1 - p_0) / n_0)`` (under H0 the
+rates differ, so they are not pooled); the p-value is ``Phi(z)``, and H0 is rejected when
+it is at most ``alpha``. In ``se`` each rate is kept within ``[1/(2n), 1 - 1/(2n)]``, so
+that arms without errors (the usual case for a good model) still give a finite ``z``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from itertools import pairwise
+from typing import Any, Literal
+
+from models.lifecycle import ModelState
+
+__all__ = [
+    "DEFAULT_POLICY",
+    "ArmStats",
+    "Decision",
+    "DecisionKind",
+    "RolloutPolicy",
+    "decide",
+    "next_step",
+    "non_inferiority_test",
+    "normal_cdf",
+]
+
+DecisionKind = Literal["traffic_shifted", "promoted", "rolled_back"]
+Rule = Literal["latency_slo", "error_ratio", "non_inferior"]
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutPolicy:
+    steps: tuple[float, ...] = (5.0, 25.0, 100.0)  # canary percents, increasing
+    min_samples: int = 200  # labelled outcomes per arm before anything but latency decides
+    margin: float = 0.02  # non-inferiority margin on the error rate
+    alpha: float = 0.05
+    rollback_error_ratio: float = 2.0
+    p99_slo_ms: float = 50.0
+
+    def __post_init__(self) -> None:
+        if not self.steps or any(not 0 < step <= 100 for step in self.steps):
+            raise ValueError(f"steps must be percents in (0, 100], not {self.steps}")
+        if any(later <= earlier for earlier, later in pairwise(self.steps)):
+            raise ValueError(f"steps must increase, not {self.steps}")
+        if self.min_samples < 1:
+            raise ValueError(f"min_samples must be at least 1, not {self.min_samples}")
+        if not 0 <= self.margin < 1:
+            raise ValueError(f"margin must be in [0, 1), not {self.margin}")
+        if not 0 < self.alpha < 1:
+            raise ValueError(f"alpha must be in (0, 1), not {self.alpha}")
+        if not self.rollback_error_ratio >= 1:
+            raise ValueError(f"rollback_error_ratio must be >= 1, not {self.rollback_error_ratio}")
+        if not self.p99_slo_ms > 0:
+            raise ValueError(f"p99_slo_ms must be positive, not {self.p99_slo_ms}")
+
+
+DEFAULT_POLICY = RolloutPolicy()
+
+
+@dataclass(frozen=True, slots=True)
+class ArmStats:
+    n: int  # labelled outcomes since the last step
+    errors: int
+    p99_ms: float | None = None  # None until there are latency samples enough
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.errors <= self.n:
+            raise ValueError(f"need 0 <= errors <= n, not errors={self.errors}, n={self.n}")
+        if self.p99_ms is not None and not (math.isfinite(self.p99_ms) and self.p99_ms >= 0):
+            raise ValueError(f"p99_ms must be finite and not negative, not {self.p99_ms}")
+
+    @property
+    def error_rate(self) -> float | None:
+        return self.errors / self.n if self.n else None
+
+    def to_evidence(self) -> dict[str, Any]:
+        return {
+            "n": self.n,
+            "errors": self.errors,
+            "error_rate": self.error_rate,
+            "p99_ms": self.p99_ms,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    kind: DecisionKind
+    version: str  # the canary
+    percent: float | None  # the next step, for traffic_shifted; None otherwise
+    evidence: Mapping[str, Any]  # JSON-encodable: both arms, the test, the rule that fired
+
+    def event_data(self) -> dict[str, Any]:
+        """``data`` for the lifecycle event that carries the decision out."""
+        if self.kind == "traffic_shifted":
+            return {"percent": self.percent, "evidence": dict(self.evidence)}
+        return {"evidence": dict(self.evidence)}
+
+
+def normal_cdf(x: float) -> float:
+    """The standard normal distribution function, ``Phi(x)``."""
+    return 0.5 * math.erfc(-x / math.sqrt(2.0))
+
+
+def _bounded_rate(arm: ArmStats) -> float:
+    half = 0.5 / arm.n
+    return min(max(arm.errors / arm.n, half), 1.0 - half)
+
+
+def non_inferiority_test(
+    canary: ArmStats, champion: ArmStats, margin: float
+) -> tuple[float, float]:
+    """``(z, p_value)`` of ``H0: p_canary - p_champion >= margin`` (see the module doc)."""
+    if canary.n < 1 or champion.n < 1:
+        raise ValueError("both arms need at least one labelled outcome")
+    difference = canary.errors / canary.n - champion.errors / champion.n
+    canary_rate, champion_rate = _bounded_rate(canary), _bounded_rate(champion)
+    variance = (
+        canary_rate * (1.0 - canary_rate) / canary.n
+        + champion_rate * (1.0 - champion_rate) / champion.n
+    )
+    z = (difference - margin) / math.sqrt(variance)
+    return z, normal_cdf(z)
+
+
+def next_step(percent: float, steps: tuple[float, ...]) -> float | None:
+    """The first step above ``percent``; None at or past the last step (time to promote)."""
+    return next((step for step in steps if step > percent), None)
+
+
+def _fired_rule(
+    state: ModelState,
+    champion: ArmStats,
+    canary: ArmStats,
+    p_value: float | None,
+    policy: RolloutPolicy,
+) -> tuple[DecisionKind, Rule] | None:
+    if canary.p99_ms is not None and canary.p99_ms > policy.p99_slo_ms:
+        return "rolled_back", "latency_slo"
+    if state.champion is None or min(champion.n, canary.n) < policy.min_samples:
+        return None
+    champion_rate = max(champion.errors / champion.n, 1.0 / champion.n)
+    if canary.errors / canary.n > policy.rollback_error_ratio * champion_rate:
+        return "rolled_back", "error_ratio"
+    if p_value is not None and p_value <= policy.alpha and canary.p99_ms is not None:
+        last_step = next_step(state.canary_percent, policy.steps) is None
+        return ("promoted" if last_step else "traffic_shifted"), "non_inferior"
+    return None
+
+
+def decide(
+    state: ModelState,
+    champion: ArmStats,
+    canary: ArmStats,
+    policy: RolloutPolicy = DEFAULT_POLICY,
+) -> Decision | None:
+    """What to do with the canary of ``state`` now; None to keep waiting (module doc)."""
+    if state.canary is None:
+        return None
+    z, p_value = (
+        non_inferiority_test(canary, champion, policy.margin)
+        if canary.n and champion.n
+        else (None, None)
+    )
+    fired = _fired_rule(state, champion, canary, p_value, policy)
+    if fired is None:
+        return None
+    kind, rule = fired
+    evidence = {
+        "rule": rule,
+        "champion_version": state.champion,
+        "canary_version": state.canary,
+        "canary_percent": state.canary_percent,
+        "champion": champion.to_evidence(),
+        "canary": canary.to_evidence(),
+        "z": z,
+        "p_value": p_value,
+        "policy": {
+            "min_samples": policy.min_samples,
+            "margin": policy.margin,
+            "alpha": policy.alpha,
+            "rollback_error_ratio": policy.rollback_error_ratio,
+            "p99_slo_ms": policy.p99_slo_ms,
+        },
+    }
+    percent = next_step(state.canary_percent, policy.steps) if kind == "traffic_shifted" else None
+    return Decision(kind, state.canary, percent, evidence)

@@ -1,0 +1,193 @@
+"""Late labels joined to predictions, and the outcome counts the rollout controller reads.
+
+faust has no stream joins, so the join is a table entry per request id that holds the
+prediction(s) and the latest label, whichever came first. ``join_prediction`` and
+``join_label`` take the entry (None when absent) and return the new entry and the
+outcomes to emit: one per prediction (the decision and any shadow) once both sides are
+there. A later label for the same request supersedes the earlier one: the outcomes are
+emitted again, each carrying the error it replaces (``superseded_error``), so a counter
+can take the old one back. A redelivered prediction (same request, version and route)
+changes nothing.
+
+``ArmTracker`` folds outcomes into ``ArmStats`` for the champion and the canary of the
+current model state: the canary counts outcomes of predictions made since its last step
+(by the lifecycle sequence each prediction carries), the champion since the canary
+started, so that the champion still has a sample at a canary share of 100 percent.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+from models.lifecycle import ModelState
+from models.rollout import ArmStats
+
+LATENCY_SAMPLES = 10_000  # the latest latencies kept per arm for its p99
+MIN_LATENCY_SAMPLES = 20  # below this an arm has no p99 yet
+
+Entry = dict[str, Any]
+
+
+def prediction_summary(prediction: Mapping[str, Any]) -> dict[str, Any]:
+    """What the join keeps of a prediction record."""
+    return {
+        "request_id": prediction["request_id"],
+        "model": prediction["model"]["name"],
+        "version": prediction["model"]["version"],
+        "sequence": prediction["model"].get("sequence", 0),
+        "route": prediction.get("route", "champion"),
+        "predicted": prediction.get("predicted"),
+        "probabilities": prediction.get("probabilities"),
+        "latency_ms": prediction.get("latency_ms", {}).get("batch_score"),
+        "scored_at": prediction.get("scored_at"),
+    }
+
+
+def _outcome(
+    summary: Mapping[str, Any], label: Mapping[str, Any], previous: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    def error(given: Mapping[str, Any]) -> bool:
+        return bool(summary["predicted"] != int(given["label"]))
+
+    return {
+        **summary,
+        "label": int(label["label"]),
+        "labelled_at": label.get("label_time"),
+        "error": error(label),
+        "superseded_error": None if previous is None else error(previous),
+    }
+
+
+def join_prediction(
+    entry: Entry | None, prediction: Mapping[str, Any], now_ms: int
+) -> tuple[Entry, list[dict[str, Any]]]:
+    entry = dict(entry or {"predictions": [], "label": None})
+    summary = prediction_summary(prediction)
+    if "error" in prediction:  # not scored: nothing to learn from
+        return entry, []
+    same = [
+        p
+        for p in entry["predictions"]
+        if p["version"] == summary["version"] and p["route"] == summary["route"]
+    ]
+    if same:
+        return entry, []
+    entry["predictions"] = [*entry["predictions"], summary]
+    entry["updated_ms"] = now_ms
+    label = entry["label"]
+    return entry, [] if label is None else [_outcome(summary, label, None)]
+
+
+def join_label(
+    entry: Entry | None, label: Mapping[str, Any], now_ms: int
+) -> tuple[Entry, list[dict[str, Any]]]:
+    entry = dict(entry or {"predictions": [], "label": None})
+    previous = entry["label"]
+    if previous is not None and int(previous.get("label_time", 0)) > int(
+        label.get("label_time", 0)
+    ):
+        return entry, []  # an older label arriving late supersedes nothing
+    entry["label"] = dict(label)
+    entry["updated_ms"] = now_ms
+    if previous is not None and int(previous["label"]) == int(label["label"]):
+        return entry, []
+    return entry, [_outcome(p, label, previous) for p in entry["predictions"]]
+
+
+def parse_label(raw: bytes) -> dict[str, Any] | str:
+    """A label event, or why it is not one: ``request_id`` (text), ``label`` (a class
+    index), ``label_time`` (epoch ms, optional), ``source`` (optional)."""
+    try:
+        record = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return "not JSON"
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    request_id, label = record.get("request_id"), record.get("label")
+    if not isinstance(request_id, str) or not request_id:
+        return "request_id must be a non-empty string"
+    if not isinstance(label, int) or isinstance(label, bool) or label < 0:
+        return "label must be a class index (an integer >= 0)"
+    label_time = record.get("label_time", 0)
+    if not isinstance(label_time, int) or isinstance(label_time, bool):
+        return "label_time must be integer epoch milliseconds"
+    return {
+        "request_id": request_id,
+        "label": label,
+        "label_time": label_time,
+        "source": str(record.get("source", "")),
+    }
+
+
+def expired(entry: Mapping[str, Any], now_ms: int, ttl_ms: int) -> bool:
+    return int(entry.get("updated_ms", 0)) + ttl_ms < now_ms
+
+
+@dataclass
+class _Arm:
+    n: int = 0
+    errors: int = 0
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
+
+    def stats(self) -> ArmStats:
+        p99 = (
+            float(np.percentile(np.array(self.latencies), 99))
+            if len(self.latencies) >= MIN_LATENCY_SAMPLES
+            else None
+        )
+        # A correction of an outcome counted before a restart can take one back too many.
+        return ArmStats(self.n, min(max(self.errors, 0), self.n), p99)
+
+
+class ArmTracker:
+    """Labelled outcomes of the champion and the canary; see the module doc."""
+
+    def __init__(self) -> None:
+        self._state: ModelState | None = None
+        self._canary_since = 0
+        self._champion_since = 0
+        self._champion = _Arm()
+        self._canary = _Arm()
+
+    def observe_state(self, state: ModelState) -> None:
+        """Follow the model state; a new canary or a new step resets what it covers."""
+        before = self._state
+        self._state = state
+        if before is None or (state.champion, state.canary) != (before.champion, before.canary):
+            self._champion_since = self._canary_since = state.sequence
+            self._champion, self._canary = _Arm(), _Arm()
+        elif state.canary_percent != before.canary_percent:
+            self._canary_since = state.sequence
+            self._canary = _Arm()
+
+    def add(self, outcome: Mapping[str, Any]) -> None:
+        state = self._state
+        if state is None or outcome["route"] == "shadow":
+            return
+        version, sequence = outcome["version"], int(outcome["sequence"])
+        if version == state.canary and outcome["route"] == "canary":
+            arm, since = self._canary, self._canary_since
+        elif version == state.champion and outcome["route"] == "champion":
+            arm, since = self._champion, self._champion_since
+        else:
+            return
+        if sequence < since:
+            return
+        superseded = outcome.get("superseded_error")
+        if superseded is None:
+            arm.n += 1
+            if outcome.get("latency_ms") is not None:
+                arm.latencies.append(float(outcome["latency_ms"]))
+        elif superseded:
+            arm.errors -= 1
+        arm.errors += bool(outcome["error"])
+
+    def stats(self) -> tuple[ArmStats, ArmStats]:
+        """(champion, canary)."""
+        return self._champion.stats(), self._canary.stats()

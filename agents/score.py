@@ -1,4 +1,4 @@
-"""The scoring agent: features -> predictions, in micro-batches.
+"""The scoring agent: features -> predictions, in micro-batches, routed by model state.
 
 Batches come from ``stream.take_events(max_batch, within)``: the agent writes no table, which is
 what lets it batch (faust cannot write tables inside ``take``). One prediction record per
@@ -7,86 +7,104 @@ twice after a restart is the same record twice: consumers de-duplicate by reques
 A redelivered feature record (read again after a restart of the ingest agent) is not
 scored again: its first record is on the topic.
 
-Each record's deadline is its features message's timestamp plus ``score_budget_ms``; the
-chunk goes to ``models.serving.ChunkScorer`` (prediction cache, micro-batches, fast path
-for records past their deadline).
+What serves comes from ``agents.lifecycle.fleet``: one fixed model directory
+(``HEADRACE_MODEL_DIR``), or the versions ``model.events`` routes to
+(``HEADRACE_SERVE_REGISTRY=1``). The agent reads the fleet's serving set once per chunk,
+so a model swap lands between chunks. Each record is routed by its request id to the
+champion or the canary; a shadowed record is scored by the shadow version too, and that
+prediction is written flagged ``route: shadow``, never as the decision. Each record's
+deadline is its features message's timestamp plus ``score_budget_ms``; each version's
+``ChunkScorer`` applies its cache, micro-batches and fast path.
 """
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
+from collections import defaultdict
 from typing import Any
 
 import orjson
 import structlog
 
-from models.artifact import load_model
-from models.backends import choose_backend
-from models.cache import LruPredictionCache, PredictionCache, RedisPredictionCache
-from models.cascade import Cascade
-from models.conformal import ConformalPredictor
-from models.export import ONNX_FILE_NAME
-from models.scoring import LoadedModel, model_version
-from models.serving import ChunkScorer
+from agents.lifecycle import fleet
+from models.fleet import ServingSet
 from streams import topics
 from streams.app import app, settings
 
 log = structlog.get_logger(__name__)
 
-CACHE_ENTRIES = 100_000
+
+def decode(batch: list[Any]) -> tuple[list[dict[str, Any]], list[int | None]]:
+    """The chunk's feature records that were not redelivered, with their deadlines."""
+    records: list[dict[str, Any]] = []
+    deadlines: list[int | None] = []
+    for event in batch:
+        record = orjson.loads(event.value)
+        if record.get("redelivered"):
+            continue
+        message = event.message
+        record["features_at"] = {
+            "topic": message.topic,
+            "partition": message.partition,
+            "offset": message.offset,
+        }
+        records.append(record)
+        deadlines.append(int(message.timestamp * 1000) + settings.score_budget_ms)
+    return records, deadlines
 
 
-def load(directory: Path) -> LoadedModel:
-    model, metadata = load_model(directory)
-    return LoadedModel(
-        name=metadata.name,
-        version=model_version(directory),
-        metadata=metadata,
-        backend=choose_backend(model, directory / ONNX_FILE_NAME, settings.backend or None),
-        conformal=ConformalPredictor.from_state(metadata.conformal["lac_0.1"]),
-        cascade=Cascade.from_state(metadata.cascade) if metadata.cascade else None,
-    )
-
-
-def prediction_cache() -> PredictionCache | None:
-    if settings.prediction_cache == "redis":
-        return RedisPredictionCache(
-            settings.redis_url, key_prefix=f"{settings.app_id}:predictions:"
+async def score_routed(
+    serving: ServingSet,
+    records: list[dict[str, Any]],
+    deadlines: list[int | None],
+    now_ms: int,
+) -> list[dict[str, Any]]:
+    """Decisions in record order, then shadow predictions."""
+    groups: dict[tuple[str, str, bool], list[int]] = defaultdict(list)
+    sequences: list[int] = []
+    for i, record in enumerate(records):
+        chosen = serving.route(record["event_id"])
+        if chosen is None:  # the fleet is ready only once a version serves
+            raise RuntimeError("no model version serves; the fleet was not ready")
+        sequences.append(chosen.state_sequence)
+        groups[chosen.decision_version, chosen.route, False].append(i)
+        if chosen.shadow_version is not None:
+            groups[chosen.shadow_version, "shadow", True].append(i)
+    decisions: list[dict[str, Any] | None] = [None] * len(records)
+    shadows: list[dict[str, Any]] = []
+    for (version, route, shadow), rows in groups.items():
+        predictions = await serving.scorers[version].score(
+            [records[i] for i in rows],
+            deadlines_ms=[deadlines[i] for i in rows],
+            now_ms=now_ms,
         )
-    if settings.prediction_cache == "memory":
-        return LruPredictionCache(CACHE_ENTRIES)
-    return None
+        for i, prediction in zip(rows, predictions, strict=True):
+            prediction["route"] = route
+            prediction["model"]["sequence"] = sequences[i]
+            if shadow:
+                prediction["shadow"] = True
+                shadows.append(prediction)
+            else:
+                decisions[i] = prediction
+    return [p for p in decisions if p is not None] + shadows
 
 
-if settings.model_dir:
-    loaded = load(Path(settings.model_dir))
-    scorer = ChunkScorer(loaded, max_batch=settings.score_max_batch, cache=prediction_cache())
-    log.info(
-        "score.model_loaded", model=loaded.name, version=loaded.version, backend=loaded.backend.name
-    )
+if fleet is not None:
+    serving_fleet = fleet
 
     @app.agent(topics.features)
     async def score(stream: Any) -> None:
         within_s = settings.score_within_ms / 1000
         async for batch in stream.take_events(settings.score_max_batch, within=within_s):
-            records, deadlines = [], []
-            for event in batch:
-                record = orjson.loads(event.value)
-                if record.get("redelivered"):
-                    continue
-                message = event.message
-                record["features_at"] = {
-                    "topic": message.topic,
-                    "partition": message.partition,
-                    "offset": message.offset,
-                }
-                records.append(record)
-                deadlines.append(int(message.timestamp * 1000) + settings.score_budget_ms)
+            records, deadlines = decode(batch)
             if not records:
                 continue
-            predictions = await scorer.score(
-                records, deadlines_ms=deadlines, now_ms=int(time.time() * 1000)
+            await serving_fleet.ready.wait()
+            serving = serving_fleet.current
+            if serving is None:  # pragma: no cover - ready is set only with a serving set
+                raise RuntimeError("the fleet is ready without a serving set")
+            predictions = await score_routed(
+                serving, records, deadlines, now_ms=int(time.time() * 1000)
             )
             for prediction in predictions:
                 await topics.predictions.send(

@@ -7,16 +7,26 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
+import os
+import socket
 import sys
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from headrace import infra
 from streams.settings import Settings, SettingsError
-from streams.spec import SpecError
+from streams.spec import SpecError, load_spec
+
+if TYPE_CHECKING:
+    from headrace.lifecycle_commands import LifecycleCommands
+    from models.lifecycle import ModelEvent, ModelState
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -188,7 +198,7 @@ def bench_features(as_json: bool, events: int, quick: bool) -> None:
 
 @bench_group.command("scoring", help="Backends by batch size, batching gain, ECE, coverage.")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object as the last line")
-@click.option("--events", type=click.IntRange(min=2_000), default=60_000, show_default=True)
+@click.option("--events", type=click.IntRange(min=2_000), default=120_000, show_default=True)
 @click.option(
     "--agent/--no-agent",
     default=True,
@@ -205,7 +215,10 @@ def bench_scoring(as_json: bool, events: int, agent: bool) -> None:
     click.echo(json.dumps(result))
 
 
-@click.group("model", help="Train models (the registry commands join here).")
+@click.group(
+    "model",
+    help="Train, register and roll out models: each change is one event on model.events.",
+)
 def model_group() -> None:
     pass
 
@@ -239,6 +252,286 @@ def model_train(out: Path, events: int, seed: int, members: int, epochs: int) ->
     )
 
 
+# -- the model lifecycle: one event on model.events per change, then MLflow's aliases
+
+Work = Callable[[Settings], Coroutine[Any, Any, int]]
+
+_reason = click.option("--reason", default="", help="why, for the log")
+
+
+def parse_time_ms(text: str) -> int:
+    """Epoch milliseconds, or an ISO-8601 time (UTC when it names no zone)."""
+    if text.isdecimal():
+        return int(text)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"--at takes ISO-8601 or epoch milliseconds, not {text!r}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
+
+
+def _iso(timestamp_ms: int) -> str:
+    moment = datetime.fromtimestamp(timestamp_ms / 1000, tz=UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _check_share(name: str, value: float, high: float) -> None:
+    if not 0 < value <= high:
+        _fail(f"{name} must be in (0, {high:g}], not {value:g}")
+
+
+def _actor() -> str:
+    """Who changes the lifecycle: HEADRACE_ACTOR, or user@host."""
+    if actor := os.environ.get("HEADRACE_ACTOR"):
+        return actor
+    try:
+        user = getpass.getuser()
+    except OSError:
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def _commands(settings: Settings) -> LifecycleCommands:
+    from headrace.lifecycle_commands import LifecycleCommands
+    from models.registry import MlflowRegistry
+
+    database = settings.mlflow_uri.removeprefix("sqlite:///")
+    if database != settings.mlflow_uri and database not in {"", ":memory:"}:
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    registry = MlflowRegistry(settings.mlflow_uri, settings.mlflow_artifacts)
+    return LifecycleCommands(settings, registry, actor=_actor())
+
+
+def _lifecycle(work: Work, *, registry: bool = True) -> None:
+    """Run ``work``; any failure is one line on stderr and exit status 1."""
+    import logging
+
+    from aiokafka.errors import KafkaError
+
+    from headrace.lifecycle_commands import LifecycleError
+    from headrace.model_log import ModelLogError
+
+    errors: tuple[type[Exception], ...] = (
+        LifecycleError,
+        ModelLogError,
+        LookupError,  # a version MLflow does not have
+        OSError,  # a model directory that is not one
+        ValueError,
+    )
+    if registry:
+        from mlflow.exceptions import MlflowException
+
+        errors = (*errors, MlflowException)
+    settings = Settings.from_env()
+    # aiokafka logs each failed connection attempt (the one error line says it once), and
+    # MLflow announces the tables it creates in a new database.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    try:
+        code = asyncio.run(work(settings))
+    except KafkaError as error:
+        _fail(f"Kafka at {settings.bootstrap_servers}: {error}", code=1)
+    except errors as error:
+        _fail(str(error), code=1)
+    if code:
+        sys.exit(code)
+
+
+def _summary(data: Mapping[str, Any], width: int = 40) -> str:
+    """The event's data in one short line; the full data is in ``history --json``."""
+    parts = []
+    for key, value in data.items():
+        if key == "artifact_uri":
+            continue
+        if key == "artifact_hash":
+            text = f"{value:.12}…"
+        elif isinstance(value, float):
+            text = f"{value:g}"
+        elif isinstance(value, Mapping):
+            text = json.dumps(value, sort_keys=True)
+        else:
+            text = str(value)
+        parts.append(f"{key}={text if len(text) <= width else text[: width - 1] + '…'}")
+    return " ".join(parts)
+
+
+def _event_line(event: ModelEvent) -> str:
+    detail = _summary(event.data)
+    return f"#{event.sequence} {event.kind} {event.version} {detail}".rstrip()
+
+
+def _change(change: Callable[[LifecycleCommands], Awaitable[ModelEvent]]) -> None:
+    async def work(settings: Settings) -> int:
+        event = await change(_commands(settings))
+        click.echo(_event_line(event))
+        return 0
+
+    _lifecycle(work)
+
+
+@model_group.command("register", help="Store a model directory in MLflow and log `registered`.")
+@click.option("--dir", "directory", type=click.Path(path_type=Path), required=True)
+@_reason
+def model_register(directory: Path, reason: str) -> None:
+    _change(lambda commands: commands.register(directory, reason=reason))
+
+
+@model_group.command("shadow", help="Score a fraction of traffic with VERSION too, logged only.")
+@click.argument("version")
+@click.option("--fraction", type=float, required=True, help="in (0, 1]")
+@_reason
+def model_shadow(version: str, fraction: float, reason: str) -> None:
+    _check_share("--fraction", fraction, 1.0)
+    _change(lambda commands: commands.shadow(version, fraction=fraction, reason=reason))
+
+
+@model_group.command("stop-shadow", help="Stop shadowing VERSION.")
+@click.argument("version")
+@_reason
+def model_stop_shadow(version: str, reason: str) -> None:
+    _change(lambda commands: commands.stop_shadow(version, reason=reason))
+
+
+@model_group.command("canary", help="Send a percentage of traffic to VERSION.")
+@click.argument("version")
+@click.option("--percent", type=float, required=True, help="in (0, 100]")
+@_reason
+def model_canary(version: str, percent: float, reason: str) -> None:
+    _check_share("--percent", percent, 100.0)
+    _change(lambda commands: commands.canary(version, percent=percent, reason=reason))
+
+
+@model_group.command("shift", help="Change the canary VERSION's percentage of traffic.")
+@click.argument("version")
+@click.option("--percent", type=float, required=True, help="in (0, 100]")
+@_reason
+def model_shift(version: str, percent: float, reason: str) -> None:
+    _check_share("--percent", percent, 100.0)
+    _change(lambda commands: commands.shift(version, percent=percent, reason=reason))
+
+
+@model_group.command("promote", help="Make VERSION the champion.")
+@click.argument("version")
+@_reason
+def model_promote(version: str, reason: str) -> None:
+    _change(lambda commands: commands.promote(version, reason=reason))
+
+
+@model_group.command("rollback", help="End the canary or shadow VERSION; the champion stays.")
+@click.argument("version")
+@click.option("--evidence", default="{}", help="a JSON object: the figures behind the decision")
+@_reason
+def model_rollback(version: str, evidence: str, reason: str) -> None:
+    try:
+        figures = json.loads(evidence)
+    except json.JSONDecodeError:
+        figures = None
+    if not isinstance(figures, dict):
+        _fail(f"--evidence must be a JSON object, not {evidence!r}")
+    _change(lambda commands: commands.rollback(version, evidence=figures, reason=reason))
+
+
+@model_group.command("retire", help="Retire VERSION for good (it must not serve).")
+@click.argument("version")
+@_reason
+def model_retire(version: str, reason: str) -> None:
+    _change(lambda commands: commands.retire(version, reason=reason))
+
+
+@model_group.command("history", help="Every lifecycle event of the model, in log order.")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per event")
+def model_history(as_json: bool) -> None:
+    from headrace.lifecycle_commands import history
+    from headrace.model_log import read_log
+
+    async def work(settings: Settings) -> int:
+        for entry in history(await read_log(settings), settings.model_name):
+            event = entry.event
+            if as_json:
+                record = {"offset": entry.offset, "applied": entry.applied, **asdict(event)}
+                click.echo(json.dumps({**record, "time": _iso(event.timestamp_ms)}))
+                continue
+            reason = f" {json.dumps(event.reason)}" if event.reason else ""
+            ignored = "" if entry.applied else " (ignored: not applied by the fold)"
+            click.echo(
+                f"{entry.offset:>6} {_iso(event.timestamp_ms)} {_event_line(event)}"
+                f" by {event.actor}{reason}{ignored}"
+            )
+        return 0
+
+    _lifecycle(work, registry=False)
+
+
+@model_group.command("state", help="The serving state folded from the log, now or back then.")
+@click.option("--at", "at", default=None, help="the state live at this time (ISO-8601 or ms)")
+@click.option("--offset", type=int, default=None, help="after the events up to this offset")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+def model_state(at: str | None, offset: int | None, as_json: bool) -> None:
+    from headrace.lifecycle_commands import expected_aliases, state_at
+    from headrace.model_log import read_log
+
+    if at is not None and offset is not None:
+        _fail("give --at or --offset, not both")
+    if offset is not None and offset < 0:
+        _fail(f"--offset must be 0 or more, not {offset}")
+    try:
+        at_ms = None if at is None else parse_time_ms(at)
+    except ValueError as error:
+        _fail(str(error))
+
+    async def work(settings: Settings) -> int:
+        logged = await read_log(settings)
+        state = state_at(logged, settings.model_name, at_ms=at_ms, offset=offset)
+        aliases = expected_aliases(state)
+        if as_json:
+            click.echo(json.dumps({**asdict(state), "aliases": aliases}, sort_keys=True))
+            return 0
+        for line in _state_lines(state, aliases):
+            click.echo(line)
+        return 0
+
+    _lifecycle(work, registry=False)
+
+
+def _state_lines(state: ModelState, aliases: Mapping[str, str | None]) -> list[str]:
+    when = "no events" if state.last_event_ms is None else _iso(state.last_event_ms)
+    lines = [f"model     {state.model} at sequence {state.sequence} ({when})"]
+    lines.append(f"champion  {state.champion or '-'}")
+    canary = f"{state.canary} at {state.canary_percent:g}%" if state.canary else "-"
+    lines.append(f"canary    {canary}")
+    shadow = f"{state.shadow} at fraction {state.shadow_fraction:g}" if state.shadow else "-"
+    lines.append(f"shadow    {shadow}")
+    named = " ".join(f"{alias}={version or '-'}" for alias, version in aliases.items())
+    lines.append(f"aliases   {named}")
+    lines.extend(
+        f"version   {info.version} {info.status} registry={info.registry_version}"
+        for info in state.versions.values()
+    )
+    return lines
+
+
+@model_group.command("reconcile", help="Compare MLflow's aliases with the log; exit 1 if apart.")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+@click.option("--repair", is_flag=True, help="then set the aliases from the log")
+def model_reconcile(as_json: bool, repair: bool) -> None:
+    async def work(settings: Settings) -> int:
+        commands = _commands(settings)
+        differences = await (commands.sync_aliases() if repair else commands.reconcile())
+        if as_json:
+            found = [asdict(difference) for difference in differences]
+            click.echo(json.dumps({"differences": found, "repaired": repair}))
+        for difference in [] if as_json else differences:
+            click.echo(
+                f"{difference.alias}: log says {difference.expected or 'none'}, "
+                f"MLflow has {difference.actual or 'none'}"
+            )
+        return 1 if differences and not repair else 0
+
+    _lifecycle(work)
+
+
 @click.command("demo", help="Start the infrastructure and a worker, stream payments, summarise.")
 @click.option("--count", type=click.IntRange(min=100), default=5_000, show_default=True)
 @click.option("--rate", type=click.FloatRange(min=0), default=2_000.0, show_default=True)
@@ -259,9 +552,13 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     try:
         settings = Settings.from_env()
-        if args[:1] == ["infra"]:
-            # No Faust app needed to manage the servers.
-            root: click.Group = click.Group("headrace", commands=[infra_group])
+        light = {command.name: command for command in PROJECT_COMMANDS}
+        if args[:1] and args[0] in light:
+            if args[0] != "infra":
+                load_spec(settings.spec_path)  # a bad domain spec is reported up front
+            # Only the worker needs the Faust app in this process; the project's own
+            # commands start workers as child processes when they need one.
+            root: click.Group = click.Group("headrace", commands=[light[args[0]]])
             root.main(args, prog_name="headrace", standalone_mode=False)
             return
         app = _load_app()
@@ -269,6 +566,8 @@ def main(argv: list[str] | None = None) -> None:
         _fail(str(error))
     except click.ClickException as error:
         _fail(error.format_message(), code=error.exit_code)
+    except click.exceptions.Abort:
+        _fail("aborted", code=130)
     del settings
     from faust.cli.faust import cli
 
@@ -283,7 +582,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _load_app() -> Any:
+    import agents.feedback
     import agents.ingest
+    import agents.rollout
     import agents.score
     import agents.stores
     import agents.web  # noqa: F401

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -40,13 +40,24 @@ class ProduceReport:
         return self.sent / self.seconds if self.seconds > 0 else 0.0
 
 
-async def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int) -> None:
+async def ensure_topics(
+    bootstrap: str,
+    names: Iterable[str],
+    partitions: int,
+    configs: Mapping[str, str] | None = None,
+) -> None:
+    """Create the topics that do not exist yet; ``configs`` are topic configs for those."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
         wanted = [
-            NewTopic(name, num_partitions=partitions, replication_factor=1)
+            NewTopic(
+                name,
+                num_partitions=partitions,
+                replication_factor=1,
+                topic_configs=dict(configs or {}),
+            )
             for name in names
             if name not in existing
         ]

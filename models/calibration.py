@@ -9,12 +9,17 @@ With beta = 1/T the NLL is convex in beta (a log-sum-exp of functions linear in 
 and beta = exp(-u) is monotone, so the NLL is unimodal in u and the search finds the
 minimiser on the interval; a minimiser beyond it comes back as the nearer end. This keeps
 the module free of scipy, which is not one of the project's dependencies.
+
+An ensemble serves the mean over its members of softmax(logits_k / T), and its temperature
+is fitted on that mean (:func:`fit_ensemble_temperature`), not member by member. The NLL of
+a mean of softmaxes is not convex in beta and need not be unimodal in u, so that fit scans
+a grid on u first and refines the best grid point by golden-section within its neighbours.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +30,7 @@ FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
 LOG_TEMPERATURE_BOUNDS = (-3.0, 3.0)
+LOG_TEMPERATURE_GRID_STEP = 0.05
 _INVERSE_GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 
 
@@ -79,6 +85,28 @@ def nll(logits: npt.ArrayLike, labels: npt.ArrayLike, temperature: float = 1.0) 
     return float(-log_probs[np.arange(targets.size), targets].mean())
 
 
+def golden_section_minimum(
+    loss: Callable[[float], float], low: float, high: float, tolerance: float
+) -> float:
+    """The midpoint of the final bracket, no wider than ``tolerance``, around a minimiser of
+    ``loss`` on [low, high]: exact for a unimodal loss, a local minimum otherwise."""
+    if not low < high or tolerance <= 0.0:
+        raise ValueError("need low < high and a positive tolerance")
+    left = high - _INVERSE_GOLDEN * (high - low)
+    right = low + _INVERSE_GOLDEN * (high - low)
+    loss_left, loss_right = loss(left), loss(right)
+    while high - low > tolerance:
+        if loss_left <= loss_right:
+            high, right, loss_right = right, left, loss_left
+            left = high - _INVERSE_GOLDEN * (high - low)
+            loss_left = loss(left)
+        else:
+            low, left, loss_left = left, right, loss_right
+            right = low + _INVERSE_GOLDEN * (high - low)
+            loss_right = loss(right)
+    return (low + high) / 2.0
+
+
 def fit_temperature(
     logits: npt.ArrayLike,
     labels: npt.ArrayLike,
@@ -102,19 +130,70 @@ def fit_temperature(
     def loss(log_temperature: float) -> float:
         return nll(array, targets, math.exp(log_temperature))
 
-    left = high - _INVERSE_GOLDEN * (high - low)
-    right = low + _INVERSE_GOLDEN * (high - low)
-    loss_left, loss_right = loss(left), loss(right)
-    while high - low > tolerance:
-        if loss_left <= loss_right:
-            high, right, loss_right = right, left, loss_left
-            left = high - _INVERSE_GOLDEN * (high - low)
-            loss_left = loss(left)
-        else:
-            low, left, loss_left = left, right, loss_right
-            right = low + _INVERSE_GOLDEN * (high - low)
-            loss_right = loss(right)
-    return math.exp((low + high) / 2.0)
+    return math.exp(golden_section_minimum(loss, low, high, tolerance))
+
+
+def _as_member_logits(member_logits: npt.ArrayLike) -> FloatArray:
+    array = _as_logits(member_logits)
+    if array.ndim != 3 or 0 in array.shape:
+        raise ValueError(
+            f"member logits must have shape (members, n, classes), all > 0, got {array.shape}"
+        )
+    return array
+
+
+def ensemble_softmax(member_logits: npt.ArrayLike, temperature: float = 1.0) -> FloatArray:
+    """What an ensemble serves: the mean over members (axis 0) of softmax(logits / T)."""
+    result: FloatArray = softmax(_as_member_logits(member_logits), temperature).mean(axis=0)
+    return result
+
+
+def ensemble_nll(
+    member_logits: npt.ArrayLike, labels: npt.ArrayLike, temperature: float = 1.0
+) -> float:
+    """Mean negative log-likelihood of integer labels under :func:`ensemble_softmax`.
+
+    The log of the member mean is a log-sum-exp of member log-probabilities, so a row
+    every member thinks impossible costs a large finite amount, not infinity.
+    """
+    array = _as_member_logits(member_logits)
+    targets = _as_labels(labels, array.shape[1], array.shape[2])
+    log_probs = log_softmax(array, temperature)[:, np.arange(targets.size), targets]
+    top = log_probs.max(axis=0)
+    log_mean = top + np.log(np.exp(log_probs - top).mean(axis=0))
+    return float(-log_mean.mean())
+
+
+def fit_ensemble_temperature(
+    member_logits: npt.ArrayLike,
+    labels: npt.ArrayLike,
+    *,
+    log_bounds: tuple[float, float] = LOG_TEMPERATURE_BOUNDS,
+    grid_step: float = LOG_TEMPERATURE_GRID_STEP,
+    tolerance: float = 1e-6,
+) -> float:
+    """The temperature minimising :func:`ensemble_nll`: the NLL of the served mean.
+
+    A scan of log T in steps of ``grid_step`` over ``log_bounds`` finds the best grid
+    point; golden-section search then refines it between that point's neighbours. A
+    minimiser beyond the bounds comes back as the nearer end.
+    """
+    array = _as_member_logits(member_logits)
+    targets = _as_labels(labels, array.shape[1], array.shape[2])
+    low, high = log_bounds
+    if not low < high or tolerance <= 0.0 or grid_step <= 0.0:
+        raise ValueError("need log_bounds low < high, a positive grid_step and tolerance")
+
+    def loss(log_temperature: float) -> float:
+        return ensemble_nll(array, targets, math.exp(log_temperature))
+
+    grid = np.linspace(low, high, max(2, math.ceil((high - low) / grid_step)) + 1)
+    best = int(np.argmin([loss(float(u)) for u in grid]))
+    bracket_low, bracket_high = (
+        float(grid[max(best - 1, 0)]),
+        float(grid[min(best + 1, grid.size - 1)]),
+    )
+    return math.exp(golden_section_minimum(loss, bracket_low, bracket_high, tolerance))
 
 
 def expected_calibration_error(

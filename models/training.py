@@ -1,4 +1,5 @@
-"""Training the ensemble: bootstrap resamples, one seed per member, Adam, early stopping."""
+"""Training the ensemble: bootstrap resamples, one seed per member, AdamW, a fixed number
+of epochs (no early stopping: the validation split is kept for the temperature)."""
 
 from __future__ import annotations
 

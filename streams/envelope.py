@@ -23,6 +23,7 @@ class Reason(StrEnum):
     DUPLICATE = "duplicate"
     OUTLIER = "outlier"
     LATE = "late"
+    BAD_LABEL = "bad_label"  # on the labels topic: not a label the feedback join can use
 
 
 # The three records below are built for every event, so they are NamedTuples: immutable

@@ -7,6 +7,7 @@ when pointed at an existing cluster.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -63,6 +64,11 @@ class Settings:
     score_budget_ms: int = 500  # features record to prediction; later: fast path, flagged
     prediction_cache: str = "memory"  # memory (per worker), redis (shared) or off
     model_name: str = "payments-fraud"  # the registered model the worker serves
+    serve_registry: bool = False  # serve model_name as model.events says (with no model_dir)
+    rollout_controller: bool = True  # with serve_registry: shift, promote, roll back canaries
+    rollout_min_samples: int = 200  # labelled outcomes per arm before a decision on errors
+    rollout_margin_pct: float = 2.0  # non-inferiority margin on the error rate, in points
+    rollout_p99_slo_ms: float = 50.0  # a canary's p99 scoring latency above this: roll back
     # MLflow's registry: a sqlite file and a local artifact folder by default, or a server.
     mlflow_uri: str = f"sqlite:///{REPO_ROOT / '.headrace' / 'mlflow' / 'mlflow.db'}"
     mlflow_artifacts: str = str(REPO_ROOT / ".headrace" / "mlflow" / "artifacts")
@@ -124,6 +130,17 @@ class Settings:
                 env, "HEADRACE_SCORE_BUDGET_MS", defaults.score_budget_ms, minimum=1
             ),
             model_name=env.get("HEADRACE_MODEL_NAME", defaults.model_name),
+            serve_registry=_choice(env, "HEADRACE_SERVE_REGISTRY", "0", ("0", "1")) == "1",
+            rollout_controller=_choice(env, "HEADRACE_ROLLOUT_CONTROLLER", "1", ("0", "1")) == "1",
+            rollout_min_samples=_int(
+                env, "HEADRACE_ROLLOUT_MIN_SAMPLES", defaults.rollout_min_samples, minimum=1
+            ),
+            rollout_margin_pct=_float(
+                env, "HEADRACE_ROLLOUT_MARGIN_PCT", defaults.rollout_margin_pct
+            ),
+            rollout_p99_slo_ms=_float(
+                env, "HEADRACE_ROLLOUT_P99_SLO_MS", defaults.rollout_p99_slo_ms
+            ),
             mlflow_uri=env.get("HEADRACE_MLFLOW_URI", defaults.mlflow_uri),
             mlflow_artifacts=env.get("HEADRACE_MLFLOW_ARTIFACTS", defaults.mlflow_artifacts),
             prediction_cache=_choice(
@@ -136,6 +153,19 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str,
     value = env.get(name) or default
     if value not in choices:
         raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    text = env.get(name)
+    if text is None or text == "":
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise SettingsError(f"{name} must be a positive number, got {text!r}")
     return value
 
 

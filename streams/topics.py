@@ -30,3 +30,15 @@ valid = _bytes_topic(names.valid)
 rejected = _bytes_topic(names.rejected)
 features = _bytes_topic(names.features)
 predictions = _bytes_topic(names.predictions)
+labels = _bytes_topic(names.labels)
+outcomes = _bytes_topic(names.outcomes)
+# Predictions and labels are both keyed by request id and partitioned alike, so one
+# agent reading both sees every request's two sides on the same worker: the join.
+feedback = app.topic(
+    names.predictions,
+    names.labels,
+    key_type=bytes,
+    value_type=bytes,
+    key_serializer="raw",
+    value_serializer="raw",
+)

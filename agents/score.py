@@ -95,6 +95,7 @@ if fleet is not None:
     @app.agent(topics.features)
     async def score(stream: Any) -> None:
         within_s = settings.score_within_ms / 1000
+        prediction_topic = settings.topics.predictions
         async for batch in stream.take_events(settings.score_max_batch, within=within_s):
             records, deadlines = decode(batch)
             if not records:
@@ -106,8 +107,15 @@ if fleet is not None:
             predictions = await score_routed(
                 serving, records, deadlines, now_ms=int(time.time() * 1000)
             )
+            # Straight to the producer: faust flushes it before committing any offset,
+            # so at-least-once holds, without Topic.send's per-message bookkeeping.
+            producer = app.producer
             for prediction in predictions:
-                await topics.predictions.send(
-                    key=prediction["request_id"].encode(),
-                    value=orjson.dumps(prediction),
+                await producer.send(
+                    prediction_topic,
+                    prediction["request_id"].encode(),
+                    orjson.dumps(prediction),
+                    None,
+                    None,
+                    None,
                 )

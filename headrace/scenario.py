@@ -43,7 +43,15 @@ async def prepare_topics(settings: Settings) -> None:
     names = settings.topics
     await ensure_topics(
         settings.bootstrap_servers,
-        [names.raw, names.valid, names.rejected, names.features, names.predictions],
+        [
+            names.raw,
+            names.valid,
+            names.rejected,
+            names.features,
+            names.predictions,
+            names.labels,
+            names.outcomes,
+        ],
         settings.partitions,
     )
 

@@ -41,4 +41,6 @@ feedback = app.topic(
     value_type=bytes,
     key_serializer="raw",
     value_serializer="raw",
+    partitions=settings.partitions,
+    internal=True,  # the worker creates labels (and predictions) when they are missing
 )

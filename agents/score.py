@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 import structlog
 
-from agents.lifecycle import fleet
+from agents.lifecycle import WORKER, fleet
 from models.fleet import ServingSet
 from streams import topics
 from streams.app import app, settings
@@ -81,6 +81,7 @@ async def score_routed(
         for i, prediction in zip(rows, predictions, strict=True):
             prediction["route"] = route
             prediction["model"]["sequence"] = sequences[i]
+            prediction["worker"] = WORKER
             if shadow:
                 prediction["shadow"] = True
                 shadows.append(prediction)

@@ -1,7 +1,8 @@
 """The ``headrace`` command: Faust's own command line plus the project's commands.
 
-``headrace worker -l info`` is Faust's worker; ``infra``, ``produce``, ``bench`` and
-``demo`` sit beside it. Bad arguments give one line on stderr and exit status 2.
+``headrace worker -l info`` is Faust's worker; ``infra``, ``produce``, ``bench``,
+``model``, ``replay`` and ``demo`` sit beside it. Bad arguments give one line on stderr
+and exit status 2.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -26,10 +27,11 @@ from streams.spec import SpecError, load_spec
 
 if TYPE_CHECKING:
     from headrace.lifecycle_commands import LifecycleCommands
+    from headrace.replay import ReplayReport
     from models.lifecycle import ModelEvent, ModelState
 
 
-def _fail(message: str, code: int = 2) -> None:
+def _fail(message: str, code: int = 2) -> NoReturn:
     click.echo(f"headrace: {message}", err=True)
     sys.exit(code)
 
@@ -196,6 +198,23 @@ def bench_features(as_json: bool, events: int, quick: bool) -> None:
     click.echo(json.dumps(result))
 
 
+@bench_group.command("swap", help="Throughput before, during and after a hot model swap.")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object as the last line")
+@click.option("--rate", type=click.FloatRange(min=50), default=400.0, show_default=True)
+@click.option("--seconds", type=click.FloatRange(min=20), default=45.0, show_default=True)
+def bench_swap(as_json: bool, rate: float, seconds: float) -> None:
+    from bench.swap import swap_figures
+
+    try:
+        result = swap_figures(Settings.from_env().spec_path, rate=rate, seconds=seconds)
+    except infra.InfraError as error:
+        _fail(str(error), code=1)
+    if not as_json:
+        for key, value in result.items():
+            click.echo(f"{key:<24} {value}")
+    click.echo(json.dumps(result))
+
+
 @bench_group.command("scoring", help="Backends by batch size, batching gain, ECE, coverage.")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object as the last line")
 @click.option("--events", type=click.IntRange(min=2_000), default=120_000, show_default=True)
@@ -259,20 +278,22 @@ Work = Callable[[Settings], Coroutine[Any, Any, int]]
 _reason = click.option("--reason", default="", help="why, for the log")
 
 
-def parse_time_ms(text: str) -> int:
+def parse_time_ms(text: str, option: str = "--at") -> int:
     """Epoch milliseconds, or an ISO-8601 time (UTC when it names no zone)."""
     if text.isdecimal():
         return int(text)
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
-        raise ValueError(f"--at takes ISO-8601 or epoch milliseconds, not {text!r}") from None
+        raise ValueError(f"{option} takes ISO-8601 or epoch milliseconds, not {text!r}") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
 
 
-def _iso(timestamp_ms: int) -> str:
+def _iso(timestamp_ms: int | None) -> str:
+    if timestamp_ms is None:
+        return "-"
     moment = datetime.fromtimestamp(timestamp_ms / 1000, tz=UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -532,6 +553,167 @@ def model_reconcile(as_json: bool, repair: bool) -> None:
     _lifecycle(work)
 
 
+# -- replay: re-score logged features records, compare with the logged predictions
+
+
+@click.command(
+    "replay",
+    help="Re-score the features records of a time range (or one request) and compare with "
+    "the logged predictions. Exit status: 0 when every record is reproduced, 1 when one "
+    "differs or has no prediction (or on a failure, said on stderr), 2 for bad arguments.",
+)
+@click.option("--from", "from_text", default=None, help="ISO-8601 or epoch ms (message time)")
+@click.option("--to", "to_text", default=None, help="ISO-8601 or epoch ms, inclusive")
+@click.option("--model", "version", default=None, help="re-score with this version (or prefix)")
+@click.option("--as-served", is_flag=True, help="with the version each record was routed to")
+@click.option("--request-id", default=None, help="explain this one prediction instead")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object as the last line")
+def replay_command(  # noqa: PLR0913, PLR0917 - one parameter per click option
+    from_text: str | None,
+    to_text: str | None,
+    version: str | None,
+    as_served: bool,
+    request_id: str | None,
+    as_json: bool,
+) -> None:
+    if version is not None and as_served:
+        _fail("give --model or --as-served, not both")
+    from_ms, to_ms = _replay_range(from_text, to_text, request_id)
+
+    async def work(settings: Settings) -> int:
+        from headrace import replay
+        from models.registry import MlflowRegistry
+
+        registry = MlflowRegistry(settings.mlflow_uri, settings.mlflow_artifacts)
+        try:
+            if request_id is not None:
+                explained = await replay.explain(
+                    settings, registry, request_id, model_version=version
+                )
+                lines = [] if as_json else _explanation_lines(explained)
+                result, reproduced = explained, bool(explained["replay"]["identical"])
+            else:
+                report = await replay.run_replay(
+                    settings, registry, from_ms=from_ms, to_ms=to_ms, model_version=version
+                )
+                lines = [] if as_json else _report_lines(report)
+                result, reproduced = report.to_json(), report.all_identical
+        except replay.ReplayError as error:
+            click.echo(f"headrace: {error}", err=True)
+            return 1
+        for line in lines:
+            click.echo(line)
+        if as_json:
+            click.echo(json.dumps(result, default=str))
+        return 0 if reproduced else 1
+
+    _lifecycle(work)
+
+
+def _replay_range(
+    from_text: str | None, to_text: str | None, request_id: str | None
+) -> tuple[int, int]:
+    """--from and --to in epoch milliseconds (0, 0 with --request-id); bad ones fail."""
+    if request_id is not None:
+        if from_text is not None or to_text is not None:
+            _fail("give --from and --to, or --request-id, not both")
+        return 0, 0
+    if from_text is None or to_text is None:
+        _fail("give --from and --to, or --request-id")
+    try:
+        from_ms, to_ms = parse_time_ms(from_text, "--from"), parse_time_ms(to_text, "--to")
+    except ValueError as error:
+        _fail(str(error))
+    if from_ms > to_ms:
+        _fail(f"--from ({_iso(from_ms)}) is after --to ({_iso(to_ms)})")
+    return from_ms, to_ms
+
+
+def _differences_text(differences: list[dict[str, Any]]) -> str:
+    return "; ".join(
+        f"{d['field']} logged {d['logged']!r}, replayed {d['replayed']!r}" for d in differences
+    )
+
+
+def _report_lines(report: ReplayReport) -> list[str]:
+    how = "as served" if report.model_version is None else f"with {report.model_version}"
+    start, end = report.range_ms or (None, None)
+    counts = (
+        f"{report.identical} identical, {report.differing} differing, "
+        f"{report.missing_predictions} without a prediction"
+    )
+    also = (
+        f"{report.shadows} shadow predictions, {report.redelivered} redelivered records, "
+        f"{report.duplicate_predictions} duplicate predictions"
+    )
+    lines = [
+        f"replay    {_iso(start)} .. {_iso(end)} {how} (tolerance {report.tolerance:g})",
+        f"total     {report.total}: {counts}",
+        f"also      {also}",
+    ]
+    lines.extend(
+        f"version   {version} {count} records on {report.backends.get(version, '-')}"
+        for version, count in sorted(report.versions.items())
+    )
+    lines.extend(
+        f"differs   {entry['request_id']}: {_differences_text(entry['differences'])}"
+        for entry in report.first_differences
+    )
+    lines.extend(
+        f"missing   {entry['request_id']} at {_iso(entry['timestamp_ms'])} "
+        f"(would be {entry['version'] or '-'} via {entry['route'] or '-'})"
+        for entry in report.first_missing
+    )
+    return lines
+
+
+def _explanation_lines(explained: Mapping[str, Any]) -> list[str]:
+    at, model, output = explained["features_at"], explained["model"] or {}, explained["output"]
+    event = f"entity {explained['entity_id']} event time {_iso(explained['event_time'])}"
+    where = f"{at['topic']}[{at['partition']}]@{at['offset']}"
+    served = f"{model.get('version')} via {explained['route']} at sequence {model.get('sequence')}"
+    lines = [
+        f"request   {explained['request_id']} {event}",
+        f"features  version {explained['feature_version']} at {where}",
+        *(f"  {name} = {value}" for name, value in (explained["features"] or {}).items()),
+        f"model     {model.get('name')} {served}",
+    ]
+    if "error" in explained:
+        lines.append(f"error     {explained['error']}")
+    else:
+        late = " (deadline missed)" if explained.get("deadline_missed") else ""
+        lines.append(
+            f"output    predicted {output.get('predicted')} probabilities "
+            f"{output.get('probabilities')} by {output.get('answered_by')}{late}"
+        )
+        uncertainty = output.get("uncertainty") or {}
+        lines.append("uncertain " + " ".join(f"{k}={v}" for k, v in uncertainty.items()))
+    if state := explained["state"]:
+        lines.append(f"state     {_replay_state_text(state)}")
+    lines.extend(
+        f"shadow    {(shadow['model'] or {}).get('version')} predicted {shadow['predicted']} "
+        f"probabilities {shadow['probabilities']}"
+        for shadow in explained["shadows"]
+    )
+    replayed = explained["replay"]
+    verdict = (
+        "identical"
+        if replayed["identical"]
+        else f"differs: {_differences_text(replayed['differences'])}"
+    )
+    lines.append(f"replay    {verdict} ({', '.join(replayed['backends'].values()) or '-'})")
+    return lines
+
+
+def _replay_state_text(state: Mapping[str, Any]) -> str:
+    canary = f"{state['canary']} at {state['canary_percent']:g}%" if state["canary"] else "-"
+    shadow = f"{state['shadow']} at {state['shadow_fraction']:g}" if state["shadow"] else "-"
+    return (
+        f"sequence {state['sequence']} ({_iso(state['last_event_ms'])}): "
+        f"champion {state['champion'] or '-'}, canary {canary}, shadow {shadow}"
+    )
+
+
 @click.command("demo", help="Start the infrastructure and a worker, stream payments, summarise.")
 @click.option("--count", type=click.IntRange(min=100), default=5_000, show_default=True)
 @click.option("--rate", type=click.FloatRange(min=0), default=2_000.0, show_default=True)
@@ -545,7 +727,14 @@ def demo_command(count: int, rate: float) -> None:
     sys.exit(code)
 
 
-PROJECT_COMMANDS = (infra_group, produce_command, bench_group, model_group, demo_command)
+PROJECT_COMMANDS = (
+    infra_group,
+    produce_command,
+    bench_group,
+    model_group,
+    replay_command,
+    demo_command,
+)
 
 
 def main(argv: list[str] | None = None) -> None:

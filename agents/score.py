@@ -4,8 +4,10 @@ Batches come from ``stream.take_events(max_batch, within)``: the agent writes no
 what lets it batch (faust cannot write tables inside ``take``). One prediction record per
 event, keyed and identified by its request id (the event id), so a prediction written
 twice after a restart is the same record twice: consumers de-duplicate by request id.
-A redelivered feature record (read again after a restart of the ingest agent) is not
-scored again: its first record is on the topic.
+A redelivered feature record (its event read again after a restart of the ingest agent)
+is scored too, and its prediction says ``redelivered``: the first features record may never
+have reached the topic (the entity's state can be flushed while the record is still in
+the producer's buffer when the worker dies), so skipping it could lose a prediction.
 
 What serves comes from ``agents.lifecycle.fleet``: one fixed model directory
 (``HEADRACE_MODEL_DIR``), or the versions ``model.events`` routes to
@@ -35,13 +37,11 @@ log = structlog.get_logger(__name__)
 
 
 def decode(batch: list[Any]) -> tuple[list[dict[str, Any]], list[int | None]]:
-    """The chunk's feature records that were not redelivered, with their deadlines."""
+    """The chunk's feature records, with their deadlines."""
     records: list[dict[str, Any]] = []
     deadlines: list[int | None] = []
     for event in batch:
         record = orjson.loads(event.value)
-        if record.get("redelivered"):
-            continue
         message = event.message
         record["features_at"] = {
             "topic": message.topic,
@@ -82,6 +82,8 @@ async def score_routed(
             prediction["route"] = route
             prediction["model"]["sequence"] = sequences[i]
             prediction["worker"] = WORKER
+            if records[i].get("redelivered"):
+                prediction["redelivered"] = True
             if shadow:
                 prediction["shadow"] = True
                 shadows.append(prediction)

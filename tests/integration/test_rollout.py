@@ -142,7 +142,9 @@ async def drive(
     return events, seen, wanted
 
 
-def start(serving: IsolatedRun, model_dirs: tuple[Path, Path]) -> tuple[str, str]:
+def start(
+    serving: IsolatedRun, model_dirs: tuple[Path, Path], *, tamper: bool = False
+) -> tuple[str, str]:
     settings = serving.settings
     Path(settings.mlflow_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     commands = LifecycleCommands(
@@ -153,7 +155,11 @@ def start(serving: IsolatedRun, model_dirs: tuple[Path, Path]) -> tuple[str, str
     async def setup() -> None:
         await scenario.prepare_topics(settings)
         await commands.register(model_dirs[0])
-        await commands.register(model_dirs[1])
+        registered = await commands.register(model_dirs[1])
+        if tamper:  # change v2's stored files behind the registry's back
+            stored = Path(registered.data["artifact_uri"].removeprefix("file://"))
+            with (stored / "model.onnx").open("ab") as graph:
+                graph.write(b"\0")
         await commands.promote(v1)
         await commands.canary(v2, percent=5)
 
@@ -233,3 +239,22 @@ def test_a_good_canary_is_promoted_through_every_step(
     assert after
     assert {(p["route"], p["model"]["version"]) for p in after} == {("champion", v2)}
     assert v1 != v2
+
+
+def test_a_version_whose_files_do_not_verify_is_recorded_and_never_routed_to(
+    serving: IsolatedRun, model_dirs: tuple[Path, Path]
+) -> None:
+    v1, v2 = start(serving, model_dirs, tamper=True)
+
+    def answer(prediction: dict[str, Any]) -> int:
+        return int(prediction["predicted"])
+
+    events, seen, wanted = asyncio.run(
+        drive(serving.settings, answer, lambda log: any(e.kind == "load_failed" for e in log))
+    )
+    failed = next(e for e in events if e.kind == "load_failed")
+    assert failed.version == v2
+    assert "hash" in failed.data["error"]
+    by_request = decisions(seen)
+    assert set(by_request) >= wanted
+    assert {(p["route"], p["model"]["version"]) for p in by_request.values()} == {("champion", v1)}

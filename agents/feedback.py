@@ -5,8 +5,9 @@ request with its predictions and latest label; ``models.feedback`` decides what 
 Outcomes go to ``outcomes`` keyed by model name, so one partition carries a model's
 outcomes in order, for the rollout controller. A label that cannot be used goes to the
 dead-letter topic with the reason ``bad_label``. Entries idle for longer than the join's
-time to live are swept every ``SWEEP_EVERY`` messages per worker. It runs in workers that
-serve from the registry (``HEADRACE_SERVE_REGISTRY=1``).
+time to live are swept every ``SWEEP_EVERY`` messages per worker. The same agent picks
+the decisions a person should label for ``review.queue`` (``models.review``). It runs in
+workers that score, unless ``HEADRACE_FEEDBACK=0``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from typing import Any
 import orjson
 import structlog
 
+from agents.lifecycle import fleet
 from models.feedback import expired, join_label, join_prediction, parse_label
+from models.review import ReviewSelector
 from streams import topics
 from streams.app import app, settings
 from streams.codecs import encode_rejection
@@ -28,6 +31,7 @@ log = structlog.get_logger(__name__)
 JOIN_TTL_MS = 7 * 24 * 3_600_000
 SWEEP_EVERY = 10_000
 
+review = ReviewSelector()
 joins = app.Table("feedback-joins", key_type=str, partitions=settings.partitions)
 
 
@@ -51,6 +55,10 @@ async def feedback(stream: Any) -> None:
             prediction = orjson.loads(event.value)
             key = prediction["request_id"]
             entry, outcomes = join_prediction(joins.get(key), prediction, now_ms)
+            for item in review.offer(prediction, int(prediction.get("scored_at", now_ms))):
+                await topics.review_queue.send(
+                    key=item["request_id"].encode(), value=orjson.dumps(item)
+                )
         joins[key] = entry
         for outcome in outcomes:
             await topics.outcomes.send(key=outcome["model"].encode(), value=orjson.dumps(outcome))
@@ -62,5 +70,5 @@ async def feedback(stream: Any) -> None:
             log.info("feedback.swept", removed=len(stale))
 
 
-if settings.serve_registry:  # the outcomes feed the rollout controller of that mode
+if fleet is not None and settings.feedback:
     app.agent(topics.feedback, name="feedback")(feedback)

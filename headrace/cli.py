@@ -399,6 +399,42 @@ def model_register(directory: Path, reason: str) -> None:
     _change(lambda commands: commands.register(directory, reason=reason))
 
 
+@model_group.command(
+    "retrain", help="Train a candidate on recent labels, register it and start it in shadow."
+)
+@click.option(
+    "--window-hours",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="labels of events this recent; default: all",
+)
+@click.option("--shadow-fraction", type=float, default=1.0, show_default=True, help="in (0, 1]")
+@click.option("--min-rows", type=click.IntRange(min=10), default=500, show_default=True)
+def model_retrain(window_hours: float | None, shadow_fraction: float, min_rows: int) -> None:
+    _check_share("--shadow-fraction", shadow_fraction, 1.0)
+
+    async def work(settings: Settings) -> int:
+        from headrace.retrain import RetrainError, retrain
+
+        try:
+            result = await retrain(
+                settings,
+                _commands(settings),
+                window_ms=None if window_hours is None else int(window_hours * 3_600_000),
+                shadow_fraction=shadow_fraction,
+                min_rows=min_rows,
+                now_ms=int(datetime.now(UTC).timestamp() * 1000),
+            )
+        except RetrainError as error:
+            _fail(str(error), code=1)
+        click.echo(f"trained on {result.rows} labelled rows")
+        click.echo(_event_line(result.registered))
+        click.echo(_event_line(result.shadow))
+        return 0
+
+    _lifecycle(work)
+
+
 @model_group.command("shadow", help="Score a fraction of traffic with VERSION too, logged only.")
 @click.argument("version")
 @click.option("--fraction", type=float, required=True, help="in (0, 1]")

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
@@ -180,6 +180,50 @@ async def collect(
                     last_new = time.monotonic()
             if idle_s is not None and time.monotonic() - last_new > idle_s:
                 break
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def read_topic(bootstrap: str, topic: str, *, timeout_s: float = 60.0) -> list[Record]:
+    """Every record of ``topic`` up to its end at call time, partition by partition; an
+    empty list when the topic does not exist. No consumer group, nothing committed."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    records: list[Record] = []
+    try:
+        found = await consumer.topics()
+        if topic not in found:
+            return []
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        consumer.assign(partitions)
+        ends = await consumer.end_offsets(partitions)
+        # Explicit seeks: seek_to_beginning right after end_offsets can start at the end.
+        for partition, offset in (await consumer.beginning_offsets(partitions)).items():
+            consumer.seek(partition, offset)
+        pending = {p for p in partitions if ends[p] > 0}
+        deadline = time.monotonic() + timeout_s
+        while pending and time.monotonic() < deadline:
+            batch = await consumer.getmany(*pending, timeout_ms=200)
+            now_ns = time.time_ns()
+            for partition, messages in batch.items():
+                records.extend(
+                    Record(
+                        topic=message.topic,
+                        partition=message.partition,
+                        offset=message.offset,
+                        key=message.key,
+                        value=message.value or b"",
+                        timestamp_ms=message.timestamp,
+                        received_ns=now_ns,
+                    )
+                    for message in messages
+                    if message.offset < ends[partition]
+                )
+                if await consumer.position(partition) >= ends[partition]:
+                    pending.discard(partition)
+        if pending:
+            raise TimeoutError(f"{topic} could not be read to its end within {timeout_s} s")
     finally:
         await consumer.stop()
     return records

@@ -38,6 +38,8 @@ def prediction_summary(prediction: Mapping[str, Any]) -> dict[str, Any]:
     """What the join keeps of a prediction record."""
     return {
         "request_id": prediction["request_id"],
+        "entity_id": prediction.get("entity_id"),
+        "event_time": prediction.get("event_time"),
         "model": prediction["model"]["name"],
         "version": prediction["model"]["version"],
         "sequence": prediction["model"].get("sequence", 0),

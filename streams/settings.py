@@ -34,6 +34,9 @@ class TopicNames:
     labels: str = "labels"
     model_events: str = "model.events"
     outcomes: str = "outcomes"
+    review_queue: str = "review.queue"
+    drift_reports: str = "drift.reports"
+    alerts: str = "alerts"
 
     def prefixed(self, prefix: str) -> TopicNames:
         if not prefix:
@@ -65,6 +68,7 @@ class Settings:
     prediction_cache: str = "memory"  # memory (per worker), redis (shared) or off
     model_name: str = "payments-fraud"  # the registered model the worker serves
     serve_registry: bool = False  # serve model_name as model.events says (with no model_dir)
+    feedback: bool = True  # with scoring: label join, outcomes, review queue, drift
     rollout_controller: bool = True  # with serve_registry: shift, promote, roll back canaries
     rollout_min_samples: int = 200  # labelled outcomes per arm before a decision on errors
     rollout_margin_pct: float = 2.0  # non-inferiority margin on the error rate, in points
@@ -131,6 +135,7 @@ class Settings:
             ),
             model_name=env.get("HEADRACE_MODEL_NAME", defaults.model_name),
             serve_registry=_choice(env, "HEADRACE_SERVE_REGISTRY", "0", ("0", "1")) == "1",
+            feedback=_choice(env, "HEADRACE_FEEDBACK", "1", ("0", "1")) == "1",
             rollout_controller=_choice(env, "HEADRACE_ROLLOUT_CONTROLLER", "1", ("0", "1")) == "1",
             rollout_min_samples=_int(
                 env, "HEADRACE_ROLLOUT_MIN_SAMPLES", defaults.rollout_min_samples, minimum=1

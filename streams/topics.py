@@ -32,6 +32,9 @@ features = _bytes_topic(names.features)
 predictions = _bytes_topic(names.predictions)
 labels = _bytes_topic(names.labels)
 outcomes = _bytes_topic(names.outcomes)
+review_queue = _bytes_topic(names.review_queue)
+drift_reports = _bytes_topic(names.drift_reports)
+alerts = _bytes_topic(names.alerts)
 # Predictions and labels are both keyed by request id and partitioned alike, so one
 # agent reading both sees every request's two sides on the same worker: the join.
 feedback = app.topic(

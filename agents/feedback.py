@@ -70,5 +70,12 @@ async def feedback(stream: Any) -> None:
             log.info("feedback.swept", removed=len(stale))
 
 
+async def release_review_slot() -> None:
+    """Close a review slot on time even when no prediction arrives to close it."""
+    for item in review.poll(int(time.time() * 1000)):
+        await topics.review_queue.send(key=item["request_id"].encode(), value=orjson.dumps(item))
+
+
 if fleet is not None and settings.feedback:
     app.agent(topics.feedback, name="feedback")(feedback)
+    app.timer(review.policy.slot_ms / 2000)(release_review_slot)

@@ -188,14 +188,19 @@ async def collect(
 async def read_topic(bootstrap: str, topic: str, *, timeout_s: float = 60.0) -> list[Record]:
     """Every record of ``topic`` up to its end at call time, partition by partition; an
     empty list when the topic does not exist. No consumer group, nothing committed."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        [described] = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    if described.get("error_code") != 0:
+        return []
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     records: list[Record] = []
     try:
-        found = await consumer.topics()
-        if topic not in found:
-            return []
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        partitions = [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
         consumer.assign(partitions)
         ends = await consumer.end_offsets(partitions)
         # Explicit seeks: seek_to_beginning right after end_offsets can start at the end.

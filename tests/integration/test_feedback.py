@@ -23,6 +23,7 @@ from models.training import TrainingConfig
 from streams.settings import Settings
 from streams.spec import load_spec
 from streams.synthetic import VALID, MixSpec, PaymentGenerator
+from tables.offline_store import ParquetOfflineStore
 from tests.integration.conftest import IsolatedRun
 
 pytestmark = pytest.mark.integration
@@ -63,6 +64,18 @@ def label_of(prediction: dict[str, Any]) -> int:
     request = prediction["request_id"]
     flip = sum(request.encode()) % 4 == 0
     return 1 - int(prediction["predicted"]) if flip else int(prediction["predicted"])
+
+
+def wait_for_offline_rows(settings: Settings, event_ids: set[str]) -> None:
+    """The offline writer appends in batches every few seconds: wait for the rows."""
+    store = ParquetOfflineStore(settings.offline_location)
+    stored: set[str] = set()
+    for _ in range(120):
+        stored = set(store.read()["event_id"].to_pylist())
+        if event_ids <= stored:
+            return
+        time.sleep(0.5)
+    assert event_ids <= stored, f"{len(event_ids - stored)} feature rows never reached Parquet"
 
 
 def check_review_queue(settings: Settings, decisions: dict[str, dict[str, Any]]) -> None:
@@ -174,6 +187,7 @@ def test_labels_join_corrections_supersede_review_and_retrain_into_shadow(
 
     check_review_queue(settings, decisions)
 
+    wait_for_offline_rows(settings, set(decisions))
     result = asyncio.run(
         retrain(
             settings,

@@ -46,7 +46,7 @@ def _train(spec_path: Path, directory: Path, seed: int) -> Path:
 
 
 def swap_figures(
-    spec_path: Path, *, rate: float = 400.0, seconds: float = 45.0, promote_at_s: float = 15.0
+    spec_path: Path, *, rate: float = 150.0, seconds: float = 45.0, promote_at_s: float = 15.0
 ) -> dict[str, Any]:
     infra.up(infra.default_state_dir())  # idempotent: reuses what runs
     count = int(rate * seconds)
@@ -96,8 +96,18 @@ def swap_figures(
 
             promoted_s = asyncio.run(run())
 
+            decided: set[str] = set()
+            looked_at = 0
+
             def done(records: list[Any]) -> bool:
-                return len(records) >= len(wanted)
+                """Every valid payment has its decision (shadows and repeats aside)."""
+                nonlocal looked_at
+                for record in records[looked_at:]:
+                    prediction = orjson.loads(record.value)
+                    if prediction["route"] != "shadow":
+                        decided.add(prediction["request_id"])
+                looked_at = len(records)
+                return wanted <= decided
 
             records = asyncio.run(
                 collect(
@@ -105,7 +115,7 @@ def swap_figures(
                     [settings.topics.predictions],
                     until=done,
                     timeout_s=300,
-                    idle_s=20,
+                    idle_s=60,
                 )
             )
         finally:

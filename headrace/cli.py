@@ -200,7 +200,7 @@ def bench_features(as_json: bool, events: int, quick: bool) -> None:
 
 @bench_group.command("swap", help="Throughput before, during and after a hot model swap.")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object as the last line")
-@click.option("--rate", type=click.FloatRange(min=50), default=400.0, show_default=True)
+@click.option("--rate", type=click.FloatRange(min=50), default=150.0, show_default=True)
 @click.option("--seconds", type=click.FloatRange(min=20), default=45.0, show_default=True)
 def bench_swap(as_json: bool, rate: float, seconds: float) -> None:
     from bench.swap import swap_figures

@@ -51,6 +51,9 @@ async def prepare_topics(settings: Settings) -> None:
             names.predictions,
             names.labels,
             names.outcomes,
+            names.review_queue,
+            names.drift_reports,
+            names.alerts,
         ],
         settings.partitions,
     )

@@ -47,3 +47,12 @@ feedback = app.topic(
     partitions=settings.partitions,
     internal=True,  # the worker creates labels (and predictions) when they are missing
 )
+
+
+async def declare_output_topics() -> None:
+    """Create the topics the worker only writes to, before its first write to them."""
+    for topic in (outcomes, review_queue, drift_reports, alerts, labels):
+        await topic.maybe_declare()
+
+
+app.task(declare_output_topics)

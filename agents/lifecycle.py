@@ -22,12 +22,11 @@ from models.artifact import load_model
 from models.backends import choose_backend
 from models.cache import LruPredictionCache, PredictionCache, RedisPredictionCache
 from models.cascade import Cascade
-from models.conformal import ConformalPredictor
 from models.export import ONNX_FILE_NAME
 from models.fleet import ModelFleet, ServingSet, verified_download
 from models.lifecycle import ModelState, VersionInfo, decode_event
 from models.router import ModelRouter
-from models.scoring import LoadedModel, model_version
+from models.scoring import LoadedModel, conformal_for, model_version
 from models.serving import ChunkScorer
 from streams.app import app, settings
 
@@ -59,7 +58,7 @@ def scorer_for(directory: Path, version: str) -> ChunkScorer:
         version=version,
         metadata=metadata,
         backend=choose_backend(model, directory / ONNX_FILE_NAME, settings.backend or None),
-        conformal=ConformalPredictor.from_state(metadata.conformal["lac_0.1"]),
+        conformal=conformal_for(metadata),
         cascade=Cascade.from_state(metadata.cascade) if metadata.cascade else None,
     )
     log.info("score.model_loaded", model=loaded.name, version=version, backend=loaded.backend.name)

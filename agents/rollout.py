@@ -4,20 +4,26 @@ Outcomes are keyed by model name, so one worker reads all of a model's outcomes.
 follows the model state the fleet serves, counts the champion's and the canary's
 outcomes (``models.feedback.ArmTracker``) and asks ``models.rollout.decide`` after each
 one. A decision goes through the lifecycle command path, as an event carrying its
-evidence; until that event has folded back into the state, no other decision is taken.
+evidence; until it has folded back into the state (the champion, canary or share has
+changed), no other decision is taken.
 The counters live in memory: after a restart the controller counts afresh, which only
-makes it wait longer.
+makes it wait longer. The same agent runs adaptive conformal inference per version on the
+outcomes (``models.feedback.ConformalTracker``) and logs a ``calibration_changed`` event
+when a version's level has moved; every worker then serves its sets at that level.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import orjson
 import structlog
 
 from agents.lifecycle import commands, fleet
-from models.feedback import ArmTracker
+from models.conformal import CalibrationScores
+from models.feedback import ArmTracker, ConformalTracker
+from models.fleet import ServingSet
 from models.rollout import RolloutPolicy, decide
 from streams import topics
 from streams.app import app, settings
@@ -30,27 +36,56 @@ policy = RolloutPolicy(
     p99_slo_ms=settings.rollout_p99_slo_ms,
 )
 
+
+async def adapt_conformal(
+    conformal: ConformalTracker, outcome: dict[str, Any], serving: ServingSet
+) -> None:
+    """Adaptive conformal inference: log a version's new level when it has moved."""
+    if commands is None:
+        return
+    version = str(outcome["version"])
+    scorer = serving.scorers.get(version)
+    scores = scorer.model.metadata.conformal_scores if scorer is not None else None
+    calibration = CalibrationScores.from_state(scores) if scores else None
+    proposal = conformal.add(outcome, calibration, int(time.time() * 1000))
+    if proposal is None:
+        return
+    coverage = conformal.coverage(version)
+    log.info("conformal.adapted", version=version, alpha=proposal, coverage=coverage)
+    await commands.change_calibration(
+        version,
+        {"conformal_alpha": proposal},
+        reason=f"adaptive conformal: coverage {coverage:.3f} over the latest outcomes",
+    )
+
+
 if fleet is not None and commands is not None and settings.rollout_controller:
     served, lifecycle = fleet, commands
 
     @app.agent(topics.outcomes)
     async def control(stream: Any) -> None:
         tracker = ArmTracker()
-        decided_at: int | None = None  # the state sequence of the last decision taken
+        conformal = ConformalTracker()
+        # The slots the last decision was taken on: no new decision until they change
+        # (a calibration event moves the sequence, not the slots).
+        decided_on: tuple[object, ...] | None = None
         async for value in stream:
             serving = served.current
             if serving is None:
                 continue
             state = serving.state
+            outcome = orjson.loads(value)
             tracker.observe_state(state)
-            tracker.add(orjson.loads(value))
-            if state.canary is None or decided_at == state.sequence:
+            tracker.add(outcome)
+            await adapt_conformal(conformal, outcome, serving)
+            slots = (state.champion, state.canary, state.canary_percent)
+            if state.canary is None or decided_on == slots:
                 continue
             champion, canary = tracker.stats()
             decision = decide(state, champion, canary, policy)
             if decision is None:
                 continue
-            decided_at = state.sequence
+            decided_on = slots
             reason = f"rollout controller: {decision.evidence['rule']}"
             evidence = dict(decision.evidence)
             log.info("rollout.decision", kind=decision.kind, version=decision.version, **evidence)

@@ -21,7 +21,7 @@ from models.cascade import Cascade
 from models.conformal import ConformalPredictor, empirical_coverage
 from models.dataset import TrainingSet, demo_training_set, shortest_window_ms
 from models.export import ONNX_FILE_NAME
-from models.scoring import LoadedModel, model_version, score_batch
+from models.scoring import LoadedModel, conformal_for, model_version, score_batch
 from models.serving import ChunkScorer
 from models.train_model import train_model
 from models.training import TrainingConfig, member_probabilities
@@ -98,7 +98,7 @@ def scoring_figures(
             version=model_version(directory),
             metadata=metadata,
             backend=onnx,
-            conformal=ConformalPredictor.from_state(metadata.conformal["lac_0.1"]),
+            conformal=conformal_for(metadata),
         )
         records = _records(data, 4_096)
         batched = _path_rate(loaded, records, batch=256)

@@ -211,6 +211,12 @@ class LifecycleCommands:
     async def retire(self, version: str, *, reason: str = "") -> ModelEvent:
         return await self._change("retired", version, {}, reason)
 
+    async def change_calibration(
+        self, version: str, values: Mapping[str, float], *, reason: str = ""
+    ) -> ModelEvent:
+        """Log new calibration numbers for a version (``conformal_alpha``, ...)."""
+        return await self._change("calibration_changed", version, dict(values), reason)
+
     async def load_failed(self, version: str, *, error: str, worker: str) -> ModelEvent:
         data = {"error": error, "worker": worker}
         return await self._change("load_failed", version, data, f"load failed on {worker}")

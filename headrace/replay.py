@@ -45,9 +45,9 @@ import math
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -57,13 +57,12 @@ from headrace.model_log import read_log
 from models.artifact import load_model
 from models.backends import choose_backend
 from models.cascade import Cascade
-from models.conformal import ConformalPredictor
 from models.export import ONNX_FILE_NAME
 from models.fleet import ArtifactMismatchError, verified_download
 from models.lifecycle import ModelEvent, ModelState, VersionInfo, apply
 from models.registry import ModelRegistry
 from models.router import route
-from models.scoring import LoadedModel, model_outputs
+from models.scoring import LoadedModel, conformal_for, model_outputs
 from streams.settings import Settings
 
 TOLERANCE = 1e-9  # absolute, on probabilities and uncertainty numbers (module doc)
@@ -74,8 +73,19 @@ _POLL_MS = 200
 _STALL_S = 30.0
 _REQUEST_TIMEOUT_MS = 10_000
 
+
 # (version, feature records, fast path) -> one output (or None: not scorable) per record
-Score = Callable[[str, Sequence[Mapping[str, Any]], bool], list[dict[str, Any] | None]]
+class Score(Protocol):
+    """Re-scores records with a version; ``alpha``: the conformal level the state had
+    adapted that version to (None: the trained one)."""
+
+    def __call__(
+        self,
+        version: str,
+        records: Sequence[Mapping[str, Any]],
+        fast: bool,
+        alpha: float | None = None,
+    ) -> list[dict[str, Any] | None]: ...
 
 
 class ReplayError(RuntimeError):
@@ -243,7 +253,7 @@ def replay_records(  # noqa: PLR0913 - the inputs, then keyword-only choices
     """Re-score ``messages`` and compare with their logged ``decisions`` (module doc)."""
     report = ReplayReport("as_served" if pinned is None else "model", pinned, tolerance)
     differing: list[tuple[int, dict[str, Any]]] = []
-    planned: dict[tuple[str, bool], list[_Planned]] = defaultdict(list)
+    planned: dict[tuple[str, bool, float | None], list[_Planned]] = defaultdict(list)
     seen: set[str] = set()
     for message in messages:
         record = message.record
@@ -260,7 +270,7 @@ def replay_records(  # noqa: PLR0913 - the inputs, then keyword-only choices
             continue
         fast = logged.get("answered_by") == "fast_path"
         if pinned is not None:
-            planned[pinned, fast].append(
+            planned[pinned, fast, None].append(
                 _Planned(index, request_id, record, logged, pinned, None, fast)
             )
             continue
@@ -276,13 +286,14 @@ def replay_records(  # noqa: PLR0913 - the inputs, then keyword-only choices
             differing.append((index, _entry(request_id, None, None, [why])))
             continue
         version = chosen.decision_version
-        planned[version, fast].append(
+        alpha = state.calibration.get(version, {}).get("conformal_alpha") if state else None
+        planned[version, fast, alpha].append(
             _Planned(index, request_id, record, logged, version, chosen.route, fast)
         )
-    for (version, fast), items in planned.items():
+    for (version, fast, alpha), items in planned.items():
         for start in range(0, len(items), RESCORE_BATCH):
             chunk = items[start : start + RESCORE_BATCH]
-            outputs = score(version, [p.record for p in chunk], fast)
+            outputs = score(version, [p.record for p in chunk], fast, alpha)
             for item, output in zip(chunk, outputs, strict=True):
                 report.versions[version] += 1
                 replayed = Replayed(version, item.route, output)
@@ -367,9 +378,16 @@ class VersionLoader:
         return self.loaded[version]
 
     def outputs(
-        self, version: str, records: Sequence[Mapping[str, Any]], fast: bool
+        self,
+        version: str,
+        records: Sequence[Mapping[str, Any]],
+        fast: bool,
+        alpha: float | None = None,
     ) -> list[dict[str, Any] | None]:
-        return model_outputs(self(version), records, fast=fast)
+        model = self(version)
+        if alpha is not None:
+            model = replace(model, conformal=conformal_for(model.metadata, alpha))
+        return model_outputs(model, records, fast=fast)
 
     def backends(self) -> dict[str, str]:
         return {version: model.backend.name for version, model in self.loaded.items()}
@@ -383,7 +401,7 @@ def loaded_model(directory: Path, version: str, backend: str | None) -> LoadedMo
         version=version,
         metadata=metadata,
         backend=choose_backend(model, directory / ONNX_FILE_NAME, backend),
-        conformal=ConformalPredictor.from_state(metadata.conformal["lac_0.1"]),
+        conformal=conformal_for(metadata),
         cascade=Cascade.from_state(metadata.cascade) if metadata.cascade else None,
     )
 

@@ -65,6 +65,9 @@ class ModelMetadata:
     last_event_time: int
     metrics: dict[str, float] = field(default_factory=dict)
     cascade: dict[str, Any] | None = None  # models.cascade.Cascade state, when trained
+    # The calibration split's LAC scores (models.conformal.CalibrationScores state): a
+    # threshold at any level, for adaptive conformal inference while serving.
+    conformal_scores: dict[str, Any] | None = None
 
 
 def data_hash(features: np.ndarray, labels: np.ndarray) -> str:

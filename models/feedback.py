@@ -25,9 +25,12 @@ from typing import Any
 import numpy as np
 import orjson
 
+from models.conformal import DEFAULT_GAMMA, AdaptiveConformal, CalibrationScores
 from models.lifecycle import ModelState
 from models.rollout import ArmStats
 
+ALPHA_FLOOR, ALPHA_CEILING = 0.001, 0.5  # adapted conformal levels stay within these
+COVERAGE_WINDOW = 1_000  # the latest outcomes a version's reported coverage covers
 LATENCY_SAMPLES = 10_000  # the latest latencies kept per arm for its p99
 MIN_LATENCY_SAMPLES = 20  # below this an arm has no p99 yet
 
@@ -47,6 +50,8 @@ def prediction_summary(prediction: Mapping[str, Any]) -> dict[str, Any]:
         "predicted": prediction.get("predicted"),
         "probabilities": prediction.get("probabilities"),
         "latency_ms": prediction.get("latency_ms", {}).get("batch_score"),
+        "conformal_set": (prediction.get("uncertainty") or {}).get("conformal_set"),
+        "conformal_alpha": (prediction.get("uncertainty") or {}).get("conformal_alpha"),
         "scored_at": prediction.get("scored_at"),
     }
 
@@ -57,8 +62,10 @@ def _outcome(
     def error(given: Mapping[str, Any]) -> bool:
         return bool(summary["predicted"] != int(given["label"]))
 
+    conformal_set = summary.get("conformal_set")
     return {
         **summary,
+        "covered": None if conformal_set is None else int(label["label"]) in conformal_set,
         "label": int(label["label"]),
         "labelled_at": label.get("label_time"),
         "error": error(label),
@@ -193,3 +200,67 @@ class ArmTracker:
     def stats(self) -> tuple[ArmStats, ArmStats]:
         """(champion, canary)."""
         return self._champion.stats(), self._canary.stats()
+
+
+@dataclass
+class _Adaptive:
+    state: AdaptiveConformal
+    served_alpha: float
+    changed_ms: int | None = None
+    recent: deque[bool] = field(default_factory=lambda: deque(maxlen=COVERAGE_WINDOW))
+
+
+class ConformalTracker:
+    """Adaptive conformal inference per version from labelled outcomes (Gibbs and Candes).
+
+    Each outcome says whether the served set held the label; the version's working level
+    ``alpha_t`` moves by ``gamma * (alpha - err)``. When it has moved at least
+    ``min_step`` from the level served, and ``min_interval_ms`` have passed since the last
+    change, ``add`` proposes the new level (the caller logs a ``calibration_changed``
+    event, which every worker then serves). The proposal is kept within
+    ``[ALPHA_FLOOR, ALPHA_CEILING]``. Shadow outcomes are not served sets: skipped.
+    """
+
+    def __init__(
+        self,
+        *,
+        alpha: float = 0.1,
+        gamma: float = DEFAULT_GAMMA,
+        min_step: float = 0.01,
+        min_interval_ms: int = 30_000,
+    ) -> None:
+        self.alpha, self.gamma = alpha, gamma
+        self.min_step, self.min_interval_ms = min_step, min_interval_ms
+        self._versions: dict[str, _Adaptive] = {}
+
+    def add(
+        self,
+        outcome: Mapping[str, Any],
+        calibration: CalibrationScores | None,
+        now_ms: int,
+    ) -> float | None:
+        covered, served = outcome.get("covered"), outcome.get("conformal_alpha")
+        if outcome.get("route") == "shadow" or covered is None or served is None:
+            return None
+        if outcome.get("superseded_error") is not None or calibration is None:
+            return None  # a correction repeats an outcome already counted
+        version = str(outcome["version"])
+        tracked = self._versions.get(version)
+        if tracked is None:
+            start = AdaptiveConformal(calibration, self.alpha, self.gamma, float(served))
+            tracked = self._versions[version] = _Adaptive(start, float(served))
+        tracked.state = tracked.state.update(bool(covered))
+        tracked.recent.append(bool(covered))
+        alpha_t = min(max(tracked.state.alpha_t, ALPHA_FLOOR), ALPHA_CEILING)
+        waited = tracked.changed_ms is None or now_ms - tracked.changed_ms >= self.min_interval_ms
+        if abs(alpha_t - tracked.served_alpha) < self.min_step or not waited:
+            return None
+        tracked.served_alpha, tracked.changed_ms = alpha_t, now_ms
+        return round(alpha_t, 6)
+
+    def coverage(self, version: str) -> float | None:
+        """The share of the version's latest outcomes whose set held the label."""
+        tracked = self._versions.get(version)
+        if tracked is None or not tracked.recent:
+            return None
+        return sum(tracked.recent) / len(tracked.recent)

@@ -5,7 +5,9 @@
 that is not loaded yet, through the ``loader`` (download from the registry, verify the
 artifact hash, build the backend), and then publishes one immutable ``ServingSet``. The
 scoring agent reads ``fleet.current`` once per chunk, so a swap happens between chunks:
-no record is dropped, and none is scored twice.
+no record is dropped, and none is scored twice. A ``calibration_changed`` event that moves
+a version's ``conformal_alpha`` (adaptive conformal inference) swaps in the same model
+with its sets at that level.
 
 A version that fails to load or verify is never routed to: the serving set's
 ``routing`` state leaves it out (a failed canary or shadow is dropped; a failed new
@@ -90,6 +92,10 @@ class ModelFleet:
                 log.warning("fleet.load_failed", version=version, error=str(error))
                 if self._on_failure is not None:
                     await self._on_failure(version, f"{type(error).__name__}: {error}")
+        for version, scorer in scorers.items():
+            alpha = state.calibration.get(version, {}).get("conformal_alpha")
+            if alpha != scorer.alpha:
+                scorers[version] = scorer.recalibrated(alpha)
         previous_champion = previous.routing.champion if previous else None
         routing = routable_state(state, scorers, previous_champion)
         serving_versions = {routing.champion, routing.canary, routing.shadow}

@@ -21,7 +21,7 @@ from models.artifact import ModelMetadata
 from models.backends import ScoringBackend
 from models.cache import feature_hash
 from models.cascade import Cascade
-from models.conformal import ConformalPredictor
+from models.conformal import CalibrationScores, ConformalPredictor
 from models.export import ONNX_FILE_NAME
 from models.uncertainty import Uncertainty, summarise
 
@@ -36,6 +36,19 @@ class LoadedModel:
     backend: ScoringBackend
     conformal: ConformalPredictor
     cascade: Cascade | None = None  # when set, confident cases never reach the ensemble
+
+
+SERVED_CONFORMAL = "lac_0.1"  # the predictor a version serves until its alpha is adapted
+
+
+def conformal_for(metadata: ModelMetadata, alpha: float | None = None) -> ConformalPredictor:
+    """The served conformal predictor: the trained 90% LAC one, or LAC at ``alpha`` from
+    the calibration split's scores (adaptive conformal inference moves alpha)."""
+    if alpha is None:
+        return ConformalPredictor.from_state(metadata.conformal[SERVED_CONFORMAL])
+    if metadata.conformal_scores is None:
+        raise ValueError("this model keeps no calibration scores: its alpha cannot move")
+    return CalibrationScores.from_state(metadata.conformal_scores).predictor(alpha)
 
 
 def model_version(directory: Path) -> str:

@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
 
 from models.batcher import MicroBatcher
 from models.cache import PredictionCache, feature_hash
-from models.scoring import LoadedModel, model_outputs, prediction_record
+from models.scoring import LoadedModel, conformal_for, model_outputs, prediction_record
 
 CHUNK_WAIT_MS = 1 << 40
 
@@ -56,10 +56,29 @@ class ChunkScorer:
     ) -> None:
         self.model = model
         self.cache = cache
+        self.alpha: float | None = None  # the adapted conformal level; None: as trained
+        # A cached answer holds a conformal set: it is only good for the same level.
+        self._cache_key = model.version
         self.counts = ServingCounts()
         # The chunk is flushed at its end, so the batcher's own wait never runs out first.
         self._batcher: MicroBatcher[int] = MicroBatcher(max_batch, max_wait_ms=CHUNK_WAIT_MS)
         self._timer = timer
+
+    def recalibrated(self, alpha: float | None) -> ChunkScorer:
+        """The same model with its conformal sets at level ``alpha`` (None: as trained);
+        the cache is shared, under a key of its own."""
+        scorer = ChunkScorer(
+            replace(self.model, conformal=conformal_for(self.model.metadata, alpha)),
+            max_batch=self._batcher.max_batch,
+            cache=self.cache,
+            timer=self._timer,
+        )
+        scorer.alpha = alpha
+        scorer._cache_key = (
+            self.model.version if alpha is None else f"{self.model.version}@{alpha!r}"
+        )
+        scorer.counts = self.counts
+        return scorer
 
     async def score(
         self,
@@ -69,7 +88,7 @@ class ChunkScorer:
         now_ms: int,
     ) -> list[dict[str, Any]]:
         """One prediction per record, in order; see the module doc."""
-        version = self.model.version
+        version = self._cache_key
         hashes = [feature_hash(r["features"]) for r in records]
         predictions: list[dict[str, Any] | None] = [None] * len(records)
         released = []

@@ -107,6 +107,7 @@ def train_model(
             "cascade_escalated_share_heldout": float(cascade.escalate(x[val_end:]).mean()),
         },
         cascade=cascade.to_state(),
+        conformal_scores=conformal.CalibrationScores.compute(after, y_cal, "lac").to_state(),
     )
     save_metadata(directory, metadata)
     return TrainedModel(directory, metadata)

@@ -10,10 +10,9 @@ import pytest
 from models.artifact import load_model
 from models.backends import OnnxRuntimeBackend
 from models.cascade import Cascade, choose_threshold, fit_triage
-from models.conformal import ConformalPredictor
 from models.dataset import demo_training_set
 from models.export import ONNX_FILE_NAME
-from models.scoring import LoadedModel, score_batch
+from models.scoring import LoadedModel, conformal_for, score_batch
 from models.train_model import train_model
 from models.training import TrainingConfig
 from streams.spec import DomainSpec
@@ -49,7 +48,7 @@ def loaded(
         version="test",
         metadata=metadata,
         backend=OnnxRuntimeBackend(Path(directory) / ONNX_FILE_NAME),
-        conformal=ConformalPredictor.from_state(metadata.conformal["lac_0.1"]),
+        conformal=conformal_for(metadata),
         cascade=Cascade.from_state(metadata.cascade),
     )
     return model, data

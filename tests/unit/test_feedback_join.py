@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import orjson
 import pytest
 
-from models.feedback import ArmTracker, join_label, join_prediction, parse_label
+from models.conformal import CalibrationScores
+from models.feedback import ArmTracker, ConformalTracker, join_label, join_prediction, parse_label
 from models.lifecycle import ModelState
 
 
@@ -126,3 +128,46 @@ def test_arm_tracker_takes_back_a_superseded_error() -> None:
         tracker.add(joined)
     _, canary = tracker.stats()
     assert (canary.n, canary.errors) == (1, 0)
+
+
+def test_the_outcome_says_whether_the_served_set_held_the_label() -> None:
+    served = {
+        **prediction("r", "v1", "champion", 1),
+        "uncertainty": {"conformal_set": [1], "conformal_alpha": 0.1},
+    }
+    entry, _ = join_prediction(None, served, 0)
+    _, [missed] = join_label(entry, label("r", 0), 0)
+    assert (missed["covered"], missed["conformal_alpha"]) == (False, 0.1)
+
+
+def conformal_outcome(covered: bool, version: str = "v1") -> dict[str, Any]:
+    return {
+        "version": version,
+        "route": "champion",
+        "covered": covered,
+        "conformal_alpha": 0.1,
+        "superseded_error": None,
+    }
+
+
+def test_adaptive_conformal_lowers_alpha_after_misses_and_waits_between_changes() -> None:
+    calibration = CalibrationScores(method="lac", scores=np.linspace(0.0, 1.0, 1_001))
+    tracker = ConformalTracker(gamma=0.005, min_step=0.01, min_interval_ms=1_000)
+    proposals = [
+        tracker.add(conformal_outcome(covered=False), calibration, now_ms=i) for i in range(4)
+    ]
+    # Each miss moves alpha_t by 0.005 * (0.1 - 1) = -0.0045: the third passes 0.01.
+    assert proposals == [None, None, pytest.approx(0.1 - 3 * 0.0045), None]
+    later = [
+        tracker.add(conformal_outcome(covered=False), calibration, now_ms=500 + i) for i in range(3)
+    ]
+    assert later == [None, None, None]  # moved enough, but within the interval
+    assert tracker.add(
+        conformal_outcome(covered=False), calibration, now_ms=2_000
+    ) == pytest.approx(0.1 - 8 * 0.0045)
+    assert tracker.coverage("v1") == 0.0
+    assert (
+        tracker.add({**conformal_outcome(covered=True), "route": "shadow"}, calibration, 3_000)
+        is None
+    )
+    assert tracker.add(conformal_outcome(covered=True), None, 3_000) is None  # no scores kept

@@ -23,8 +23,17 @@ def state(**slots: Any) -> ModelState:
     return ModelState("m", sequence=slots.pop("sequence", 1), versions=versions, **slots)
 
 
+class FakeScorer:
+    def __init__(self, version: str, alpha: float | None = None) -> None:
+        self.version = version
+        self.alpha = alpha
+
+    def recalibrated(self, alpha: float | None) -> FakeScorer:
+        return FakeScorer(self.version, alpha)
+
+
 def fake_scorer(version: str) -> ChunkScorer:
-    return cast("ChunkScorer", f"scorer-{version}")
+    return cast("ChunkScorer", FakeScorer(version))
 
 
 def test_sync_loads_champion_canary_and_shadow_and_routes_to_them() -> None:
@@ -96,3 +105,12 @@ def test_verified_download_accepts_matching_files_and_refuses_others(tmp_path: P
     with pytest.raises(ArtifactMismatchError, match="abd"):
         verified_download(registry, "m", bad, tmp_path / "cache")
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["abc"]  # nothing left
+
+
+def test_a_calibration_change_swaps_in_the_version_at_its_new_level() -> None:
+    fleet = ModelFleet(lambda i: fake_scorer(i.version))
+    asyncio.run(fleet.sync(state(champion="v1")))
+    adapted = state(champion="v1", sequence=2, calibration={"v1": {"conformal_alpha": 0.08}})
+    serving = asyncio.run(fleet.sync(adapted))
+    assert serving.scorers["v1"].alpha == 0.08
+    assert asyncio.run(fleet.sync(adapted)).scorers["v1"] is serving.scorers["v1"]  # unchanged

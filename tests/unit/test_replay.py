@@ -179,8 +179,13 @@ class FakeScorer:
         self.calls: list[tuple[str, int, bool]] = []
 
     def __call__(
-        self, version: str, records: Sequence[Mapping[str, Any]], fast: bool
+        self,
+        version: str,
+        records: Sequence[Mapping[str, Any]],
+        fast: bool,
+        alpha: float | None = None,
     ) -> list[dict[str, Any] | None]:
+        assert alpha is None  # these logs never adapt the conformal level
         self.calls.append((version, len(records), fast))
         shift = 0.1 if version == "v2" else 0.0
         path = "fast_path" if fast else "ensemble"

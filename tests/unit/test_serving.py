@@ -14,10 +14,9 @@ from models.artifact import load_model
 from models.backends import OnnxRuntimeBackend
 from models.cache import LruPredictionCache
 from models.cascade import Cascade
-from models.conformal import ConformalPredictor
 from models.dataset import TrainingSet, demo_training_set
 from models.export import ONNX_FILE_NAME
-from models.scoring import LoadedModel, score_batch
+from models.scoring import LoadedModel, conformal_for, score_batch
 from models.serving import ChunkScorer
 from models.train_model import train_model
 from models.training import TrainingConfig
@@ -40,7 +39,7 @@ def trained(
         version="v-test",
         metadata=metadata,
         backend=OnnxRuntimeBackend(Path(directory) / ONNX_FILE_NAME),
-        conformal=ConformalPredictor.from_state(metadata.conformal["lac_0.1"]),
+        conformal=conformal_for(metadata),
         cascade=Cascade.from_state(metadata.cascade),
     )
     return model, data
@@ -144,3 +143,21 @@ def test_the_batch_cost_is_learned_from_the_timer(trained: tuple[LoadedModel, Tr
     scorer = ChunkScorer(model, max_batch=4, timer=lambda: next(ticks) * 0.002)  # 2 ms a batch
     predictions = score(scorer, records_of(data, range(8)), [None] * 8)
     assert {p["latency_ms"]["batch_score"] for p in predictions} == {2.0}
+
+
+def test_a_recalibrated_scorer_widens_its_sets_and_keeps_its_own_cache_entries(
+    trained: tuple[LoadedModel, TrainingSet],
+) -> None:
+    model, data = trained
+    cache = LruPredictionCache(1_000)
+    scorer = ChunkScorer(model, max_batch=64, cache=cache)
+    records = records_of(data, range(200))
+    narrow = score(scorer, records, [None] * 200)
+    wider = scorer.recalibrated(0.01)  # 99% sets
+    wide = score(wider, records_of(data, range(200), prefix="w"), [None] * 200)
+    assert wider.alpha == 0.01
+    assert sum(len(p["uncertainty"]["conformal_set"]) for p in wide) > sum(
+        len(p["uncertainty"]["conformal_set"]) for p in narrow
+    )
+    assert {p["uncertainty"]["conformal_alpha"] for p in wide} == {0.01}
+    assert not any(p["latency_ms"].get("cache") == "hit" for p in wide)  # not the 90% sets

@@ -205,6 +205,7 @@ def test_a_good_canary_is_promoted_through_every_step(
     serving: IsolatedRun, model_dirs: tuple[Path, Path]
 ) -> None:
     v1, v2 = start(serving, model_dirs)
+    assert v1 != v2
 
     def answer(prediction: dict[str, Any]) -> int:
         return int(prediction["predicted"])
@@ -238,7 +239,18 @@ def test_a_good_canary_is_promoted_through_every_step(
     after = [p for p in by_request.values() if p["model"]["sequence"] >= promoted.sequence]
     assert after
     assert {(p["route"], p["model"]["version"]) for p in after} == {("champion", v2)}
-    assert v1 != v2
+    # Every label is the class predicted, so the sets cover more than 90%: adaptive
+    # conformal inference raises the level (smaller sets), and the workers serve it.
+    raised = [e for e in events if e.kind == "calibration_changed"]
+    assert raised
+    assert all(e.data["conformal_alpha"] > 0.1 for e in raised)
+    last = raised[-1]
+    served_after = [p for p in by_request.values() if p["model"]["sequence"] > last.sequence]
+    assert {
+        p["uncertainty"]["conformal_alpha"]
+        for p in served_after
+        if p["model"]["version"] == last.version
+    } <= {last.data["conformal_alpha"]}
 
 
 def test_a_version_whose_files_do_not_verify_is_recorded_and_never_routed_to(

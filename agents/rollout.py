@@ -9,7 +9,10 @@ changed), no other decision is taken.
 The counters live in memory: after a restart the controller counts afresh, which only
 makes it wait longer. The same agent runs adaptive conformal inference per version on the
 outcomes (``models.feedback.ConformalTracker``) and logs a ``calibration_changed`` event
-when a version's level has moved; every worker then serves its sets at that level.
+when a version's level has moved; every worker then serves its sets at that level. It
+also keeps River's online metrics per version and route (accuracy, precision, recall,
+F1, rolling ROC AUC, log loss, ECE) and the error-stream drift detector, and publishes the
+metrics to ``drift.reports`` every 1,000 outcomes.
 """
 
 from __future__ import annotations
@@ -20,15 +23,19 @@ from typing import Any
 import orjson
 import structlog
 
+from agents.drift import watch_outcome
 from agents.lifecycle import commands, fleet
 from models.conformal import CalibrationScores
 from models.feedback import ArmTracker, ConformalTracker
 from models.fleet import ServingSet
+from models.online_metrics import OnlineMetrics
 from models.rollout import RolloutPolicy, decide
 from streams import topics
 from streams.app import app, settings
 
 log = structlog.get_logger(__name__)
+
+CHECKPOINT_EVERY = 1_000  # outcomes between checkpoints of the error detectors
 
 policy = RolloutPolicy(
     min_samples=settings.rollout_min_samples,
@@ -66,6 +73,8 @@ if fleet is not None and commands is not None and settings.rollout_controller:
     async def control(stream: Any) -> None:
         tracker = ArmTracker()
         conformal = ConformalTracker()
+        metrics = OnlineMetrics()  # per version and route, over the latest outcomes
+        seen = 0
         # The slots the last decision was taken on: no new decision until they change
         # (a calibration event moves the sequence, not the slots).
         decided_on: tuple[object, ...] | None = None
@@ -78,6 +87,20 @@ if fleet is not None and commands is not None and settings.rollout_controller:
             tracker.observe_state(state)
             tracker.add(outcome)
             await adapt_conformal(conformal, outcome, serving)
+            seen += 1
+            await watch_outcome(outcome, checkpoint=seen % CHECKPOINT_EVERY == 0)
+            probabilities = outcome.get("probabilities")
+            if probabilities and outcome.get("superseded_error") is None:
+                metrics.update(
+                    outcome["version"], outcome["route"], probabilities[-1], outcome["label"]
+                )
+            if seen % CHECKPOINT_EVERY == 0:
+                snapshot = {
+                    "kind": "online_metrics",
+                    "outcomes": seen,
+                    "metrics": metrics.snapshot(),
+                }
+                await topics.drift_reports.send(key=b"online_metrics", value=orjson.dumps(snapshot))
             slots = (state.champion, state.canary, state.canary_percent)
             if state.canary is None or decided_on == slots:
                 continue

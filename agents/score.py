@@ -28,6 +28,7 @@ from typing import Any
 import orjson
 import structlog
 
+from agents.drift import watch_chunk
 from agents.lifecycle import WORKER, fleet
 from models.fleet import ServingSet
 from streams import topics
@@ -110,6 +111,8 @@ if fleet is not None:
             predictions = await score_routed(
                 serving, records, deadlines, now_ms=int(time.time() * 1000)
             )
+            if settings.drift:
+                await watch_chunk(serving, records, predictions)
             # Straight to the producer: faust flushes it before committing any offset,
             # so at-least-once holds, without Topic.send's per-message bookkeeping.
             producer = app.producer

@@ -39,6 +39,7 @@ def agent_rate(model_dir: Path, records: list[dict[str, Any]], *, max_batch: int
             HEADRACE_SCORE_BUDGET_MS="600000",
             HEADRACE_PREDICTION_CACHE="off",
             HEADRACE_FEEDBACK="0",  # the scoring agent alone
+            HEADRACE_DRIFT="0",
         )
         settings = Settings.from_env({**os.environ, **env})
         asyncio.run(scenario.prepare_topics(settings))

@@ -234,6 +234,22 @@ def bench_scoring(as_json: bool, events: int, agent: bool) -> None:
     click.echo(json.dumps(result))
 
 
+@bench_group.command(
+    "drift", help="Drift on River's SEA stream: detection delay, false alarms, coverage."
+)
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object as the last line")
+@click.option("--seed", type=int, default=7, show_default=True)
+@click.option("--trials", type=click.IntRange(min=1), default=20, show_default=True)
+def bench_drift(as_json: bool, seed: int, trials: int) -> None:
+    from bench.drift import drift_figures
+
+    result = drift_figures(seed, trials=trials)
+    if not as_json:
+        for key, value in result.items():
+            click.echo(f"{key:<34} {value}")
+    click.echo(json.dumps(result))
+
+
 @click.group(
     "model",
     help="Train, register and roll out models: each change is one event on model.events.",
@@ -809,6 +825,7 @@ def main(argv: list[str] | None = None) -> None:
 def _load_app() -> Any:
     import agents.feedback
     import agents.ingest
+    import agents.retrain
     import agents.rollout
     import agents.score
     import agents.stores

@@ -68,7 +68,11 @@ class Settings:
     prediction_cache: str = "memory"  # memory (per worker), redis (shared) or off
     model_name: str = "payments-fraud"  # the registered model the worker serves
     serve_registry: bool = False  # serve model_name as model.events says (with no model_dir)
-    feedback: bool = True  # with scoring: label join, outcomes, review queue, drift
+    feedback: bool = True  # with scoring: label join, outcomes, review queue
+    drift: bool = True  # with scoring: PSI/KL and River detectors against the references
+    retrain_on_drift: bool = False  # retrain when the champion drifts (registry mode)
+    retrain_every_s: int = 0  # retrain on this period too; 0: never
+    retrain_cooldown_s: int = 600  # the least time between two retrainings
     rollout_controller: bool = True  # with serve_registry: shift, promote, roll back canaries
     rollout_min_samples: int = 200  # labelled outcomes per arm before a decision on errors
     rollout_margin_pct: float = 2.0  # non-inferiority margin on the error rate, in points
@@ -136,6 +140,12 @@ class Settings:
             model_name=env.get("HEADRACE_MODEL_NAME", defaults.model_name),
             serve_registry=_choice(env, "HEADRACE_SERVE_REGISTRY", "0", ("0", "1")) == "1",
             feedback=_choice(env, "HEADRACE_FEEDBACK", "1", ("0", "1")) == "1",
+            drift=_choice(env, "HEADRACE_DRIFT", "1", ("0", "1")) == "1",
+            retrain_on_drift=_choice(env, "HEADRACE_RETRAIN_ON_DRIFT", "0", ("0", "1")) == "1",
+            retrain_every_s=_int(env, "HEADRACE_RETRAIN_EVERY_S", 0, minimum=0),
+            retrain_cooldown_s=_int(
+                env, "HEADRACE_RETRAIN_COOLDOWN_S", defaults.retrain_cooldown_s, minimum=0
+            ),
             rollout_controller=_choice(env, "HEADRACE_ROLLOUT_CONTROLLER", "1", ("0", "1")) == "1",
             rollout_min_samples=_int(
                 env, "HEADRACE_ROLLOUT_MIN_SAMPLES", defaults.rollout_min_samples, minimum=1

@@ -1,0 +1,62 @@
+"""Retraining on its own: on a drift alert, or on a schedule. Off unless asked for.
+
+With ``HEADRACE_RETRAIN_ON_DRIFT=1`` the worker that reads an alert for the champion runs
+``headrace model retrain`` (a child process: training must not stall the event loop), at
+most once per ``HEADRACE_RETRAIN_COOLDOWN_S``. With ``HEADRACE_RETRAIN_EVERY_S`` set, the
+leader worker also runs it on that period. The candidate is registered and shadowed; the
+rollout controller takes it on once a canary is started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from typing import Any
+
+import orjson
+import structlog
+
+from agents.lifecycle import fleet
+from streams import topics
+from streams.app import app, settings
+
+log = structlog.get_logger(__name__)
+
+_last_started: float | None = None
+
+
+async def run_retrain(reason: str) -> int | None:
+    """Start ``headrace model retrain`` unless one ran within the cooldown."""
+    global _last_started  # noqa: PLW0603 - one cooldown shared by the alert agent and the timer
+    now = time.monotonic()
+    if _last_started is not None and now - _last_started < settings.retrain_cooldown_s:
+        return None
+    _last_started = now
+    log.info("retrain.started", reason=reason)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "headrace", "model", "retrain", "--min-rows", "500"
+    )
+    code = await process.wait()
+    log.info("retrain.finished", reason=reason, exit_code=code)
+    return code
+
+
+async def on_alerts(stream: Any) -> None:
+    async for value in stream:
+        alert = orjson.loads(value)
+        serving = fleet.current if fleet is not None else None
+        if serving is None or alert.get("version") != serving.routing.champion:
+            continue
+        await run_retrain(f"drift alert: {alert['feature']} {alert['statistic']}")
+
+
+async def on_schedule() -> None:
+    await run_retrain("schedule")
+
+
+if fleet is not None and settings.serve_registry:
+    if settings.retrain_on_drift:
+        app.agent(topics.alerts, name="retrain_on_drift")(on_alerts)
+    if settings.retrain_every_s:
+        app.timer(settings.retrain_every_s, on_leader=True)(on_schedule)

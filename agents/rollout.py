@@ -1,4 +1,5 @@
-"""The rollout controller: labelled outcomes in, canary steps, promotions and rollbacks out.
+"""The rollout controller: labelled outcomes in; canaries started from a shadow, canary
+steps, promotions and rollbacks out.
 
 Outcomes are keyed by model name, so one worker reads all of a model's outcomes. It
 follows the model state the fleet serves, counts the champion's and the canary's
@@ -29,7 +30,7 @@ from models.conformal import CalibrationScores
 from models.feedback import ArmTracker, ConformalTracker
 from models.fleet import ServingSet
 from models.online_metrics import OnlineMetrics
-from models.rollout import RolloutPolicy, decide
+from models.rollout import RolloutPolicy, decide, decide_shadow
 from streams import topics
 from streams.app import app, settings
 
@@ -101,18 +102,26 @@ if fleet is not None and commands is not None and settings.rollout_controller:
                     "metrics": metrics.snapshot(),
                 }
                 await topics.drift_reports.send(key=b"online_metrics", value=orjson.dumps(snapshot))
-            slots = (state.champion, state.canary, state.canary_percent)
-            if state.canary is None or decided_on == slots:
+            slots = (state.champion, state.canary, state.canary_percent, state.shadow)
+            if decided_on == slots or (state.canary is None and state.shadow is None):
                 continue
             champion, canary = tracker.stats()
-            decision = decide(state, champion, canary, policy)
+            decision = (
+                decide(state, champion, canary, policy)
+                if state.canary is not None
+                else decide_shadow(state, champion, tracker.shadow_stats(), policy)
+            )
             if decision is None:
                 continue
             decided_on = slots
             reason = f"rollout controller: {decision.evidence['rule']}"
             evidence = dict(decision.evidence)
             log.info("rollout.decision", kind=decision.kind, version=decision.version, **evidence)
-            if decision.kind == "traffic_shifted" and decision.percent is not None:
+            if decision.kind == "canary_started" and decision.percent is not None:
+                await lifecycle.canary(
+                    decision.version, percent=decision.percent, evidence=evidence, reason=reason
+                )
+            elif decision.kind == "traffic_shifted" and decision.percent is not None:
                 await lifecycle.shift(
                     decision.version, percent=decision.percent, evidence=evidence, reason=reason
                 )

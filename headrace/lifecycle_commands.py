@@ -183,8 +183,18 @@ class LifecycleCommands:
     async def stop_shadow(self, version: str, *, reason: str = "") -> ModelEvent:
         return await self._change("shadow_stopped", version, {}, reason)
 
-    async def canary(self, version: str, *, percent: float, reason: str = "") -> ModelEvent:
-        return await self._change("canary_started", version, {"percent": percent}, reason)
+    async def canary(
+        self,
+        version: str,
+        *,
+        percent: float,
+        evidence: Mapping[str, Any] | None = None,
+        reason: str = "",
+    ) -> ModelEvent:
+        data: dict[str, Any] = {"percent": percent}
+        if evidence is not None:
+            data["evidence"] = dict(evidence)
+        return await self._change("canary_started", version, data, reason)
 
     async def shift(
         self,

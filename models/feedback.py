@@ -9,10 +9,11 @@ emitted again, each carrying the error it replaces (``superseded_error``), so a 
 can take the old one back. A redelivered prediction (same request, version and route)
 changes nothing.
 
-``ArmTracker`` folds outcomes into ``ArmStats`` for the champion and the canary of the
-current model state: the canary counts outcomes of predictions made since its last step
-(by the lifecycle sequence each prediction carries), the champion since the canary
-started, so that the champion still has a sample at a canary share of 100 percent.
+``ArmTracker`` folds outcomes into ``ArmStats`` for the champion, the canary and the shadow
+of the current model state: the canary counts outcomes of predictions made since its last
+step (by the lifecycle sequence each prediction carries), the champion since the canary
+started, so that the champion still has a sample at a canary share of 100 percent, and
+the shadow since it started.
 """
 
 from __future__ import annotations
@@ -163,6 +164,8 @@ class ArmTracker:
         self._champion_since = 0
         self._champion = _Arm()
         self._canary = _Arm()
+        self._shadow_since = 0
+        self._shadow = _Arm()
 
     def observe_state(self, state: ModelState) -> None:
         """Follow the model state; a new canary or a new step resets what it covers."""
@@ -174,13 +177,20 @@ class ArmTracker:
         elif state.canary_percent != before.canary_percent:
             self._canary_since = state.sequence
             self._canary = _Arm()
+        if before is None or state.shadow != before.shadow:
+            self._shadow_since = state.sequence
+            self._shadow = _Arm()
 
     def add(self, outcome: Mapping[str, Any]) -> None:
         state = self._state
-        if state is None or outcome["route"] == "shadow":
+        if state is None:
             return
         version, sequence = outcome["version"], int(outcome["sequence"])
-        if version == state.canary and outcome["route"] == "canary":
+        if outcome["route"] == "shadow":
+            if version != state.shadow:
+                return
+            arm, since = self._shadow, self._shadow_since
+        elif version == state.canary and outcome["route"] == "canary":
             arm, since = self._canary, self._canary_since
         elif version == state.champion and outcome["route"] == "champion":
             arm, since = self._champion, self._champion_since
@@ -200,6 +210,10 @@ class ArmTracker:
     def stats(self) -> tuple[ArmStats, ArmStats]:
         """(champion, canary)."""
         return self._champion.stats(), self._canary.stats()
+
+    def shadow_stats(self) -> ArmStats:
+        """The shadow's outcomes since it started (its own predictions, never served)."""
+        return self._shadow.stats()
 
 
 @dataclass

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import pairwise
 from typing import Any, Literal
 
@@ -44,12 +44,13 @@ __all__ = [
     "DecisionKind",
     "RolloutPolicy",
     "decide",
+    "decide_shadow",
     "next_step",
     "non_inferiority_test",
     "normal_cdf",
 ]
 
-DecisionKind = Literal["traffic_shifted", "promoted", "rolled_back"]
+DecisionKind = Literal["canary_started", "traffic_shifted", "promoted", "rolled_back"]
 Rule = Literal["latency_slo", "error_ratio", "non_inferior"]
 
 
@@ -116,7 +117,7 @@ class Decision:
 
     def event_data(self) -> dict[str, Any]:
         """``data`` for the lifecycle event that carries the decision out."""
-        if self.kind == "traffic_shifted":
+        if self.kind in {"traffic_shifted", "canary_started"}:
             return {"percent": self.percent, "evidence": dict(self.evidence)}
         return {"evidence": dict(self.evidence)}
 
@@ -209,3 +210,43 @@ def decide(
     }
     percent = next_step(state.canary_percent, policy.steps) if kind == "traffic_shifted" else None
     return Decision(kind, state.canary, percent, evidence)
+
+
+def decide_shadow(
+    state: ModelState,
+    champion: ArmStats,
+    shadow: ArmStats,
+    policy: RolloutPolicy = DEFAULT_POLICY,
+) -> Decision | None:
+    """What to do with the shadow of ``state`` while no canary runs: start it as a canary
+    at the first step when its labelled outcomes pass the same non-inferiority test and
+    its p99 holds the SLO, or roll it back on the canary's rollback rules; else wait.
+
+    ``champion`` and ``shadow`` count the same requests (a shadowed request is scored by
+    both), since the shadow started.
+    """
+    if state.shadow is None or state.canary is not None or state.champion is None:
+        return None
+    as_canary = replace(state, canary=state.shadow, canary_percent=0.0)
+    z, p_value = (
+        non_inferiority_test(shadow, champion, policy.margin)
+        if shadow.n and champion.n
+        else (None, None)
+    )
+    fired = _fired_rule(as_canary, champion, shadow, p_value, policy)
+    if fired is None:
+        return None
+    kind, rule = fired
+    evidence = {
+        "rule": rule,
+        "champion_version": state.champion,
+        "shadow_version": state.shadow,
+        "shadow_fraction": state.shadow_fraction,
+        "champion": champion.to_evidence(),
+        "shadow": shadow.to_evidence(),
+        "z": z,
+        "p_value": p_value,
+    }
+    if kind == "rolled_back":
+        return Decision("rolled_back", state.shadow, None, evidence)
+    return Decision("canary_started", state.shadow, policy.steps[0], evidence)

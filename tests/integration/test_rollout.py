@@ -37,7 +37,7 @@ pytestmark = pytest.mark.integration
 
 ROUND = 500
 MAX_ROUNDS = 40
-Labeller = Callable[[dict[str, Any]], int]
+Labeller = Callable[[dict[str, Any]], int | None]  # None: leave this prediction unlabelled
 
 
 @pytest.fixture(scope="module")
@@ -82,11 +82,12 @@ async def label_predictions(
                 for record in records:
                     prediction = orjson.loads(record.value or b"{}")
                     seen[f"{prediction['request_id']}:{prediction['route']}"] = prediction
-                    if prediction["route"] == "shadow" or "error" in prediction:
+                    label_value = answer(prediction)
+                    if label_value is None or "error" in prediction:
                         continue
                     label = {
                         "request_id": prediction["request_id"],
-                        "label": answer(prediction),
+                        "label": label_value,
                         "label_time": prediction["scored_at"],
                     }
                     await producer.send(
@@ -143,7 +144,11 @@ async def drive(
 
 
 def start(
-    serving: IsolatedRun, model_dirs: tuple[Path, Path], *, tamper: bool = False
+    serving: IsolatedRun,
+    model_dirs: tuple[Path, Path],
+    *,
+    tamper: bool = False,
+    shadow: bool = False,
 ) -> tuple[str, str]:
     settings = serving.settings
     Path(settings.mlflow_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -161,7 +166,10 @@ def start(
             with (stored / "model.onnx").open("ab") as graph:
                 graph.write(b"\0")
         await commands.promote(v1)
-        await commands.canary(v2, percent=5)
+        if shadow:
+            await commands.shadow(v2, fraction=1.0)
+        else:
+            await commands.canary(v2, percent=5)
 
     asyncio.run(setup())
     worker = serving.start_worker()
@@ -178,7 +186,9 @@ def test_a_canary_that_errs_is_rolled_back_and_traffic_returns(
 ) -> None:
     v1, v2 = start(serving, model_dirs)
 
-    def answer(prediction: dict[str, Any]) -> int:
+    def answer(prediction: dict[str, Any]) -> int | None:
+        if prediction["route"] == "shadow":
+            return None
         wrong = prediction["route"] == "canary" or hash(prediction["request_id"]) % 10 == 0
         return 1 - int(prediction["predicted"]) if wrong else int(prediction["predicted"])
 
@@ -207,8 +217,8 @@ def test_a_good_canary_is_promoted_through_every_step(
     v1, v2 = start(serving, model_dirs)
     assert v1 != v2
 
-    def answer(prediction: dict[str, Any]) -> int:
-        return int(prediction["predicted"])
+    def answer(prediction: dict[str, Any]) -> int | None:
+        return None if prediction["route"] == "shadow" else int(prediction["predicted"])
 
     events, seen, wanted = asyncio.run(
         drive(
@@ -258,8 +268,8 @@ def test_a_version_whose_files_do_not_verify_is_recorded_and_never_routed_to(
 ) -> None:
     v1, v2 = start(serving, model_dirs, tamper=True)
 
-    def answer(prediction: dict[str, Any]) -> int:
-        return int(prediction["predicted"])
+    def answer(prediction: dict[str, Any]) -> int | None:
+        return None if prediction["route"] == "shadow" else int(prediction["predicted"])
 
     events, seen, wanted = asyncio.run(
         drive(serving.settings, answer, lambda log: any(e.kind == "load_failed" for e in log))
@@ -270,3 +280,26 @@ def test_a_version_whose_files_do_not_verify_is_recorded_and_never_routed_to(
     by_request = decisions(seen)
     assert set(by_request) >= wanted
     assert {(p["route"], p["model"]["version"]) for p in by_request.values()} == {("champion", v1)}
+
+
+def test_a_shadow_that_holds_up_is_started_as_a_canary(
+    serving: IsolatedRun, model_dirs: tuple[Path, Path]
+) -> None:
+    v1, v2 = start(serving, model_dirs, shadow=True)
+
+    def answer(prediction: dict[str, Any]) -> int | None:
+        # Label by the shadow's answer: the shadow makes no errors, the champion some.
+        return int(prediction["predicted"]) if prediction["route"] == "shadow" else None
+
+    events, seen, wanted = asyncio.run(
+        drive(serving.settings, answer, lambda log: any(e.kind == "canary_started" for e in log))
+    )
+    started = next(e for e in events if e.kind == "canary_started")
+    assert (started.version, started.data["percent"]) == (v2, 5.0)
+    assert started.data["evidence"]["rule"] == "non_inferior"
+    assert started.data["evidence"]["shadow"]["n"] >= 60
+    assert started.actor.startswith("worker:")
+    by_request = decisions(seen)
+    assert set(by_request) >= wanted
+    assert any(p["route"] == "canary" and p["model"]["version"] == v2 for p in by_request.values())
+    assert v1 != v2

@@ -17,6 +17,7 @@ from models.rollout import (
     Decision,
     RolloutPolicy,
     decide,
+    decide_shadow,
     next_step,
     non_inferiority_test,
     normal_cdf,
@@ -280,3 +281,21 @@ def assert_rule_holds(decision: Decision, champion: ArmStats, canary: ArmStats) 
         assert canary.p99_ms is not None
         assert canary.p99_ms <= policy.p99_slo_ms
         assert canary.errors / canary.n < champion.errors / champion.n + policy.margin
+
+
+def test_a_good_shadow_becomes_a_canary_at_the_first_step_and_a_bad_one_is_rolled_back() -> None:
+    state = ModelState("m", sequence=3, champion="v1", shadow="v2", shadow_fraction=1.0)
+    champion = ArmStats(n=400, errors=40, p99_ms=5.0)
+    good = decide_shadow(state, champion, ArmStats(n=400, errors=30, p99_ms=5.0))
+    assert good is not None
+    assert (good.kind, good.version, good.percent) == ("canary_started", "v2", 5.0)
+    assert good.evidence["rule"] == "non_inferior"
+    assert good.event_data()["percent"] == 5.0
+    bad = decide_shadow(state, champion, ArmStats(n=400, errors=90, p99_ms=5.0))
+    assert bad is not None
+    assert (bad.kind, bad.evidence["rule"]) == ("rolled_back", "error_ratio")
+    assert decide_shadow(state, champion, ArmStats(n=50, errors=0, p99_ms=5.0)) is None  # too few
+    running = ModelState(
+        "m", sequence=3, champion="v1", canary="v3", canary_percent=5.0, shadow="v2"
+    )
+    assert decide_shadow(running, champion, ArmStats(n=400, errors=30, p99_ms=5.0)) is None

@@ -49,7 +49,12 @@ def _load(path: Path) -> dict[str, Any] | None:
 def _watch(version: str, serving: ServingSet) -> ServingDriftWatch | None:
     watch = _serving.get(version)
     if watch is None and version in serving.scorers:
-        watch = ServingDriftWatch(version, serving.scorers[version].model.metadata)
+        watch = ServingDriftWatch(
+            version,
+            serving.scorers[version].model.metadata,
+            window=settings.drift_window,
+            threshold=settings.drift_threshold,
+        )
         state = _load(CHECKPOINTS / f"serving-{version}.json")
         if state is not None:
             try:

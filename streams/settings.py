@@ -70,6 +70,8 @@ class Settings:
     serve_registry: bool = False  # serve model_name as model.events says (with no model_dir)
     feedback: bool = True  # with scoring: label join, outcomes, review queue
     drift: bool = True  # with scoring: PSI/KL and River detectors against the references
+    drift_threshold: float = 0.1  # PSI above this raises an alert
+    drift_window: int = 5_000  # the latest decisions a drift report covers
     retrain_on_drift: bool = False  # retrain when the champion drifts (registry mode)
     retrain_every_s: int = 0  # retrain on this period too; 0: never
     retrain_cooldown_s: int = 600  # the least time between two retrainings
@@ -141,6 +143,8 @@ class Settings:
             serve_registry=_choice(env, "HEADRACE_SERVE_REGISTRY", "0", ("0", "1")) == "1",
             feedback=_choice(env, "HEADRACE_FEEDBACK", "1", ("0", "1")) == "1",
             drift=_choice(env, "HEADRACE_DRIFT", "1", ("0", "1")) == "1",
+            drift_threshold=_float(env, "HEADRACE_DRIFT_THRESHOLD", defaults.drift_threshold),
+            drift_window=_int(env, "HEADRACE_DRIFT_WINDOW", defaults.drift_window, minimum=1),
             retrain_on_drift=_choice(env, "HEADRACE_RETRAIN_ON_DRIFT", "0", ("0", "1")) == "1",
             retrain_every_s=_int(env, "HEADRACE_RETRAIN_EVERY_S", 0, minimum=0),
             retrain_cooldown_s=_int(

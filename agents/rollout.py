@@ -45,6 +45,9 @@ policy = RolloutPolicy(
 )
 
 
+_calibrations: dict[str, CalibrationScores | None] = {}  # a version's calibration scores
+
+
 async def adapt_conformal(
     conformal: ConformalTracker, outcome: dict[str, Any], serving: ServingSet
 ) -> None:
@@ -53,9 +56,10 @@ async def adapt_conformal(
         return
     version = str(outcome["version"])
     scorer = serving.scorers.get(version)
-    scores = scorer.model.metadata.conformal_scores if scorer is not None else None
-    calibration = CalibrationScores.from_state(scores) if scores else None
-    proposal = conformal.add(outcome, calibration, int(time.time() * 1000))
+    if version not in _calibrations and scorer is not None:  # once per version: sorting
+        scores = scorer.model.metadata.conformal_scores
+        _calibrations[version] = CalibrationScores.from_state(scores) if scores else None
+    proposal = conformal.add(outcome, _calibrations.get(version), int(time.time() * 1000))
     if proposal is None:
         return
     coverage = conformal.coverage(version)

@@ -173,31 +173,22 @@ def _fired_rule(
     return None
 
 
-def decide(
-    state: ModelState,
-    champion: ArmStats,
-    canary: ArmStats,
-    policy: RolloutPolicy = DEFAULT_POLICY,
-) -> Decision | None:
-    """What to do with the canary of ``state`` now; None to keep waiting (module doc)."""
-    if state.canary is None:
-        return None
+def _judge(
+    state: ModelState, champion: ArmStats, arm: ArmStats, policy: RolloutPolicy
+) -> tuple[DecisionKind, dict[str, Any]] | None:
+    """The rule that fires for ``arm`` (the canary of ``state``) and the evidence every
+    decision carries: the rule, the champion, the test and the policy."""
     z, p_value = (
-        non_inferiority_test(canary, champion, policy.margin)
-        if canary.n and champion.n
-        else (None, None)
+        non_inferiority_test(arm, champion, policy.margin) if arm.n and champion.n else (None, None)
     )
-    fired = _fired_rule(state, champion, canary, p_value, policy)
+    fired = _fired_rule(state, champion, arm, p_value, policy)
     if fired is None:
         return None
     kind, rule = fired
-    evidence = {
+    return kind, {
         "rule": rule,
         "champion_version": state.champion,
-        "canary_version": state.canary,
-        "canary_percent": state.canary_percent,
         "champion": champion.to_evidence(),
-        "canary": canary.to_evidence(),
         "z": z,
         "p_value": p_value,
         "policy": {
@@ -207,6 +198,26 @@ def decide(
             "rollback_error_ratio": policy.rollback_error_ratio,
             "p99_slo_ms": policy.p99_slo_ms,
         },
+    }
+
+
+def decide(
+    state: ModelState,
+    champion: ArmStats,
+    canary: ArmStats,
+    policy: RolloutPolicy = DEFAULT_POLICY,
+) -> Decision | None:
+    """What to do with the canary of ``state`` now; None to keep waiting (module doc)."""
+    if state.canary is None:
+        return None
+    judged = _judge(state, champion, canary, policy)
+    if judged is None:
+        return None
+    kind, evidence = judged
+    evidence |= {
+        "canary_version": state.canary,
+        "canary_percent": state.canary_percent,
+        "canary": canary.to_evidence(),
     }
     percent = next_step(state.canary_percent, policy.steps) if kind == "traffic_shifted" else None
     return Decision(kind, state.canary, percent, evidence)
@@ -228,24 +239,14 @@ def decide_shadow(
     if state.shadow is None or state.canary is not None or state.champion is None:
         return None
     as_canary = replace(state, canary=state.shadow, canary_percent=0.0)
-    z, p_value = (
-        non_inferiority_test(shadow, champion, policy.margin)
-        if shadow.n and champion.n
-        else (None, None)
-    )
-    fired = _fired_rule(as_canary, champion, shadow, p_value, policy)
-    if fired is None:
+    judged = _judge(as_canary, champion, shadow, policy)
+    if judged is None:
         return None
-    kind, rule = fired
-    evidence = {
-        "rule": rule,
-        "champion_version": state.champion,
+    kind, evidence = judged
+    evidence |= {
         "shadow_version": state.shadow,
         "shadow_fraction": state.shadow_fraction,
-        "champion": champion.to_evidence(),
         "shadow": shadow.to_evidence(),
-        "z": z,
-        "p_value": p_value,
     }
     if kind == "rolled_back":
         return Decision("rolled_back", state.shadow, None, evidence)

@@ -2,7 +2,8 @@
 
 With ``HEADRACE_RETRAIN_ON_DRIFT=1`` the worker that reads an alert for the champion runs
 ``headrace model retrain`` (a child process: training must not stall the event loop), at
-most once per ``HEADRACE_RETRAIN_COOLDOWN_S``. With ``HEADRACE_RETRAIN_EVERY_S`` set, the
+most once per ``HEADRACE_RETRAIN_COOLDOWN_S`` (a run that fails, say for want of labels,
+is tried again after ``RETRY_AFTER_S``). With ``HEADRACE_RETRAIN_EVERY_S`` set, the
 leader worker also runs it on that period. The candidate is registered and shadowed; the
 rollout controller takes it on once a canary is started.
 """
@@ -23,6 +24,7 @@ from streams.app import app, settings
 
 log = structlog.get_logger(__name__)
 
+RETRY_AFTER_S = 20.0  # after a retraining that failed
 _last_started: float | None = None
 
 
@@ -39,6 +41,8 @@ async def run_retrain(reason: str) -> int | None:
     )
     code = await process.wait()
     log.info("retrain.finished", reason=reason, exit_code=code)
+    if code != 0:  # e.g. too few labels yet: try again soon, not after a whole cooldown
+        _last_started = time.monotonic() - settings.retrain_cooldown_s + RETRY_AFTER_S
     return code
 
 

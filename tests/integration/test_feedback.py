@@ -11,13 +11,9 @@ from typing import Any
 import orjson
 import pytest
 
-from headrace import scenario
 from headrace.kafka_io import collect, produce
-from headrace.lifecycle_commands import LifecycleCommands
 from headrace.retrain import retrain
 from models.dataset import demo_training_set
-from models.registry import MlflowRegistry
-from models.scoring import model_version
 from models.train_model import train_model
 from models.training import TrainingConfig
 from streams.settings import Settings
@@ -25,6 +21,7 @@ from streams.spec import load_spec
 from streams.synthetic import VALID, MixSpec, PaymentGenerator
 from tables.offline_store import ParquetOfflineStore
 from tests.integration.conftest import IsolatedRun
+from tests.integration.registry_run import serve_champion
 
 pytestmark = pytest.mark.integration
 
@@ -104,22 +101,7 @@ def check_review_queue(settings: Settings, decisions: dict[str, dict[str, Any]])
 def test_labels_join_corrections_supersede_review_and_retrain_into_shadow(
     isolated: IsolatedRun, model_dir: Path
 ) -> None:
-    isolated.env.update(HEADRACE_SERVE_REGISTRY="1", HEADRACE_ROLLOUT_CONTROLLER="0")
-    settings = Settings.from_env({**isolated.settings_env(), **isolated.env})
-    Path(settings.mlflow_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    commands = LifecycleCommands(
-        settings, MlflowRegistry(settings.mlflow_uri, settings.mlflow_artifacts), actor="test"
-    )
-    v1 = model_version(model_dir)
-
-    async def setup() -> None:
-        await scenario.prepare_topics(settings)
-        await commands.register(model_dir)
-        await commands.promote(v1)
-
-    asyncio.run(setup())
-    worker = isolated.start_worker()
-    asyncio.run(scenario.wait_until_serving(settings, worker))
+    settings, commands, v1 = serve_champion(isolated, model_dir, HEADRACE_ROLLOUT_CONTROLLER="0")
     generated = list(PaymentGenerator(MixSpec(count=4_000, seed=43)))
     asyncio.run(
         produce(

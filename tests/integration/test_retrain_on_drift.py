@@ -9,19 +9,15 @@ from pathlib import Path
 import orjson
 import pytest
 
-from headrace import scenario
 from headrace.kafka_io import produce
-from headrace.lifecycle_commands import LifecycleCommands
 from headrace.model_log import read_log
 from models.dataset import demo_training_set
-from models.registry import MlflowRegistry
-from models.scoring import model_version
 from models.train_model import train_model
 from models.training import TrainingConfig
-from streams.settings import Settings
 from streams.spec import load_spec
 from streams.synthetic import VALID, MixSpec, PaymentGenerator
 from tests.integration.conftest import IsolatedRun
+from tests.integration.registry_run import serve_champion
 from tests.integration.test_drift import web_only
 from tests.integration.test_feedback import decisions_of, label_of
 
@@ -39,26 +35,9 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory, spec_path: Path) -> Path
 def test_a_drift_alert_on_the_champion_retrains_a_candidate_into_shadow(
     isolated: IsolatedRun, model_dir: Path
 ) -> None:
-    isolated.env.update(
-        HEADRACE_SERVE_REGISTRY="1",
-        HEADRACE_ROLLOUT_CONTROLLER="0",
-        HEADRACE_RETRAIN_ON_DRIFT="1",
+    settings, _, v1 = serve_champion(
+        isolated, model_dir, HEADRACE_ROLLOUT_CONTROLLER="0", HEADRACE_RETRAIN_ON_DRIFT="1"
     )
-    settings = Settings.from_env({**isolated.settings_env(), **isolated.env})
-    Path(settings.mlflow_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    commands = LifecycleCommands(
-        settings, MlflowRegistry(settings.mlflow_uri, settings.mlflow_artifacts), actor="test"
-    )
-    v1 = model_version(model_dir)
-
-    async def setup() -> None:
-        await scenario.prepare_topics(settings)
-        await commands.register(model_dir)
-        await commands.promote(v1)
-
-    asyncio.run(setup())
-    worker = isolated.start_worker()
-    asyncio.run(scenario.wait_until_serving(settings, worker))
 
     generated = list(PaymentGenerator(MixSpec(count=9_000, seed=82, malformed_share=0.0)))
     before, after = generated[:4_500], generated[4_500:]
@@ -87,7 +66,7 @@ def test_a_drift_alert_on_the_champion_retrains_a_candidate_into_shadow(
             break
         time.sleep(2)
     kinds = [e.kind for e in events]
-    assert "shadow_started" in kinds, (kinds, worker.log_tail())
+    assert "shadow_started" in kinds, (kinds, isolated.workers[0].log_tail())
     candidate = next(e for e in events if e.kind == "shadow_started").version
     assert candidate != v1
     assert kinds.count("registered") == 2

@@ -43,11 +43,36 @@ def loads(data: bytes) -> Any:
     except UnicodeDecodeError as error:
         raise ValueError(f"not UTF-8: {error.reason}") from None
     try:
-        return json.loads(text, parse_constant=_reject_constant, parse_float=_checked_float)
+        value = json.loads(text, parse_constant=_reject_constant, parse_float=_checked_float)
     except json.JSONDecodeError as error:
         raise ValueError(f"not JSON: {error.msg} at {error.pos}") from None
     except RecursionError:
         raise ValueError("not JSON: nested too deeply") from None
+    _refuse_lone_surrogates(value)
+    return value
+
+
+def _refuse_lone_surrogates(value: Any) -> None:
+    """The standard library decodes an escaped lone surrogate (``"\\ud800"``), which orjson
+    refuses; such a string cannot be encoded again, so the message is not usable JSON."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            strings: Any = (item,)
+        elif isinstance(item, dict):
+            strings = item.keys()
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+            continue
+        else:
+            continue
+        for text in strings:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("not JSON: a string holds a lone surrogate") from None
 
 
 def dumps(value: Any) -> bytes:

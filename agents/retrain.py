@@ -6,6 +6,11 @@ most once per ``HEADRACE_RETRAIN_COOLDOWN_S`` (a run that fails, say for want of
 is tried again after ``RETRY_AFTER_S``). With ``HEADRACE_RETRAIN_EVERY_S`` set, the
 leader worker also runs it on that period. The candidate is registered and shadowed; the
 rollout controller takes it on once a canary is started.
+
+``HEADRACE_RETRAIN_ALERTS`` narrows the alerts that retrain to some features (say
+``model.error``: a concept drift seen in the labels, not a shift in one input). With
+``HEADRACE_RETRAIN_SETTLE_S`` set, a retraining on an alert waits that long and trains on
+the labels of events after the alert only: the data of the new concept, not a mixture.
 """
 
 from __future__ import annotations
@@ -28,16 +33,18 @@ RETRY_AFTER_S = 20.0  # after a retraining that failed
 _last_started: float | None = None
 
 
-async def run_retrain(reason: str) -> int | None:
-    """Start ``headrace model retrain`` unless one ran within the cooldown."""
+async def run_retrain(reason: str, *, since_ms: int | None = None) -> int | None:
+    """Start ``headrace model retrain`` unless one ran within the cooldown; with
+    ``since_ms``, on the labels of events at or after that time only."""
     global _last_started  # noqa: PLW0603 - one cooldown shared by the alert agent and the timer
     now = time.monotonic()
     if _last_started is not None and now - _last_started < settings.retrain_cooldown_s:
         return None
     _last_started = now
-    log.info("retrain.started", reason=reason)
+    log.info("retrain.started", reason=reason, since_ms=since_ms)
+    window = [] if since_ms is None else ["--since-ms", str(since_ms)]
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "headrace", "model", "retrain", "--min-rows", "500"
+        sys.executable, "-m", "headrace", "model", "retrain", "--min-rows", "500", *window
     )
     code = await process.wait()
     log.info("retrain.finished", reason=reason, exit_code=code)
@@ -46,13 +53,25 @@ async def run_retrain(reason: str) -> int | None:
     return code
 
 
+def retrains(alert: dict[str, Any], champion: str | None) -> bool:
+    """Whether an alert asks for a retraining: on the champion, of a chosen feature."""
+    if champion is None or alert.get("version") != champion:
+        return False
+    return not settings.retrain_alerts or alert.get("feature") in settings.retrain_alerts
+
+
 async def on_alerts(stream: Any) -> None:
     async for value in stream:
         alert = orjson.loads(value)
         serving = fleet.current if fleet is not None else None
-        if serving is None or alert.get("version") != serving.routing.champion:
+        if not retrains(alert, None if serving is None else serving.routing.champion):
             continue
-        await run_retrain(f"drift alert: {alert['feature']} {alert['statistic']}")
+        reason = f"drift alert: {alert['feature']} {alert['statistic']}"
+        since_ms = alert.get("event_time_ms") if settings.retrain_settle_s else None
+        if since_ms is not None:
+            log.info("retrain.settling", seconds=settings.retrain_settle_s, since_ms=since_ms)
+            await asyncio.sleep(settings.retrain_settle_s)
+        await run_retrain(reason, since_ms=since_ms)
 
 
 async def on_schedule() -> None:

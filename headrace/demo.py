@@ -1,82 +1,190 @@
-"""``headrace demo``: the infrastructure, a worker, a stream of payments, a summary."""
+"""``headrace demo``: the whole loop on one machine, in about four minutes.
+
+It starts the servers, trains and registers v1 and makes it champion, starts a worker in
+registry mode (with its dashboard), and streams synthetic payments with a progress line.
+Labels follow each scored payment a second later. At ``drift_at`` of the stream the
+meaning of the payments changes (a concept drift: the same inputs, another fraud rule);
+the worker's error-stream detector raises an alert, the worker retrains a candidate on
+the labels after the alert, shadows it, and the rollout controller takes it through a
+canary to promotion (or rolls it back). The stream goes on until that has happened (or a
+time cap), and the demo ends with a summary read back from the topics. Ctrl-C stops the
+worker, and the servers if the demo started them.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import sys
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
 import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from headrace import infra, scenario
-from headrace.kafka_io import collect
-from headrace.online import online_features
-from headrace.worker_process import isolated_env
+from headrace import demo_report, infra, scenario
+from headrace.demo_world import Labeler
+from headrace.kafka_io import Record, collect, read_topic
+from headrace.lifecycle_commands import LifecycleCommands
+from headrace.model_log import read_log
+from headrace.worker_process import WorkerProcess, isolated_env
 from models.dataset import demo_training_set
+from models.lifecycle import ModelEvent, fold
+from models.registry import MlflowRegistry
 from models.train_model import train_model
 from models.training import TrainingConfig
 from streams.settings import REPO_ROOT, Settings
 from streams.spec import load_spec
-from streams.synthetic import VALID, MixSpec, PaymentGenerator
-from tables.offline_store import ParquetOfflineStore
+from streams.synthetic import VALID, MixSpec, PaymentGenerator, SyntheticMessage
+
+# What the worker is told for the demo: retrain on a concept drift (the error detector),
+# on the labels after the alert; decide canaries on 100 labelled outcomes per arm.
+DEMO_WORKER_ENV = {
+    "HEADRACE_SERVE_REGISTRY": "1",
+    "HEADRACE_RETRAIN_ON_DRIFT": "1",
+    "HEADRACE_RETRAIN_ALERTS": "model.error",
+    "HEADRACE_RETRAIN_SETTLE_S": "15",
+    "HEADRACE_RETRAIN_COOLDOWN_S": "60",
+    "HEADRACE_ROLLOUT_MIN_SAMPLES": "100",
+    # The shared 2-core machine runs the servers, the worker, a retraining and this
+    # process at once: a canary is judged on its errors, its latency only when far off.
+    "HEADRACE_ROLLOUT_P99_SLO_MS": "250",
+}
+EXTRA_S = 90.0  # how long the stream may run past its planned length for the rollout
 
 
-def run_demo(*, count: int, rate: float) -> int:
-    click.echo(
-        "headrace demo: starting Kafka, Redis and the S3 endpoint (first run downloads Kafka)"
-    )
-    for service in infra.up(infra.default_state_dir()):
-        click.echo(f"  {service.name:<6} {service.address}")
-    run_dir = REPO_ROOT / ".headrace" / "demo"
-    run_name = f"demo-{int(time.time())}"
-    model_dir = _demo_model(run_dir / "model")
-    env = isolated_env(
-        run_dir,
-        name=run_name,
-        HEADRACE_OFFLINE_URL=f"s3://headrace-demo/{run_name}",
-        HEADRACE_MODEL_DIR=str(model_dir),
-    )
-    settings = Settings.from_env({**os.environ, **env})
-    generator = PaymentGenerator(MixSpec(count=count, seed=int(time.time()) % 10_000))
-    messages = [(m.key, m.value) for m in generator]
-    expected = Counter(generator.expected)
+@dataclass
+class DemoPlan:
+    count: int
+    rate: float
+    drift_at: float
+    seed: int
+    start_ms: int
 
-    asyncio.run(scenario.prepare_topics(settings))
-    click.echo(f"starting a worker (app {settings.app_id}, topics {settings.topics.raw} ...)")
-    worker = scenario.start_worker(env, run_dir / settings.app_id, name="worker")
-    try:
-        asyncio.run(scenario.wait_until_serving(settings, worker))
-        click.echo(
-            f"producing {count} payments at up to {rate:.0f}/s, "
-            f"{_share(expected)} malformed or duplicate"
+    @property
+    def drift_index(self) -> int:
+        return int(self.count * self.drift_at)
+
+
+@dataclass
+class Progress:
+    """One status line, redrawn in place on a terminal; lines above it for events."""
+
+    plan: DemoPlan
+    produced: int = 0
+    started: float = field(default_factory=time.monotonic)
+    status: str = ""
+    _last_plain: int = -1
+    tty: bool = field(default_factory=sys.stdout.isatty)
+
+    def draw(self) -> None:
+        total = self.plan.count
+        share = min(self.produced / total, 1.0)
+        bar = "#" * int(30 * share) + "-" * (30 - int(30 * share))
+        phase = "drifted" if self.produced > self.plan.drift_index else "before drift"
+        line = (
+            f"[{bar}] {self.produced:>7,}/{total:,} payments  "
+            f"{time.monotonic() - self.started:5.0f} s  {phase}  {self.status}"
         )
-        started = time.perf_counter()
-        with click.progressbar(length=count, label="produced") as bar:
-            asyncio.run(
-                scenario.produce_messages_with_progress(
-                    settings, messages, rate or None, bar.update
-                ),
+        if self.tty:
+            click.echo(f"\r\033[K{line}", nl=False)
+        elif int(share * 10) != self._last_plain:  # every tenth of the way
+            self._last_plain = int(share * 10)
+            click.echo(line)
+
+    def say(self, text: str) -> None:
+        if self.tty:
+            click.echo("\r\033[K", nl=False)
+        click.echo(text)
+        self.draw()
+
+
+def run_demo(*, count: int, rate: float, drift_at: float, keep_running: bool) -> int:
+    state_dir = infra.default_state_dir()
+    started_servers = not any(s.running for s in infra.status(state_dir))
+    worker: WorkerProcess | None = None
+    try:
+        click.echo("headrace demo: starting Kafka, Redis and the S3 endpoint")
+        for service in infra.up(state_dir):
+            click.echo(f"  {service.name:<6} {service.address}")
+        run_dir = REPO_ROOT / ".headrace" / "demo"
+        model_dir = _demo_model(run_dir / "model-v1")
+        plan = DemoPlan(
+            count=count,
+            rate=rate,
+            drift_at=drift_at,
+            seed=int(time.time()) % 10_000,
+            start_ms=int(time.time() * 1000),
+        )
+        run_name = f"demo-{plan.start_ms // 1000}"
+        env = isolated_env(
+            run_dir,
+            name=run_name,
+            HEADRACE_OFFLINE_URL=f"s3://headrace-demo/{run_name}",
+            **DEMO_WORKER_ENV,
+        )
+        settings = Settings.from_env({**os.environ, **env})
+        Path(settings.mlflow_uri.removeprefix("sqlite:///")).parent.mkdir(
+            parents=True, exist_ok=True
+        )
+        champion = asyncio.run(_register_champion(settings, model_dir))
+        click.echo(f"registered and promoted {champion} (MLflow registry {settings.mlflow_uri})")
+        worker = WorkerProcess(
+            env=env, log_path=run_dir / settings.app_id / "worker.log", with_web=True
+        )
+        worker.start()
+        asyncio.run(scenario.wait_until_serving(settings, worker))
+        dashboard = f"http://127.0.0.1:{settings.web_port}/dashboard/"
+        click.echo(f"worker serving; live dashboard: {dashboard}  (log: {worker.log_path})")
+        generator = PaymentGenerator(
+            MixSpec(
+                count=count + int(rate * EXTRA_S),
+                seed=plan.seed,
+                start_time_ms=plan.start_ms,
             )
-        outputs = asyncio.run(scenario.collect_outputs(settings, count, timeout_s=300))
-        elapsed = time.perf_counter() - started
-        code = _summarise(expected, outputs, elapsed, settings)
-        _show_stores(outputs, settings)
-        _show_predictions(outputs, settings)
-    finally:
-        worker.stop()
+        )
+        click.echo(
+            f"streaming {count:,} payments at {rate:.0f}/s (about 10% malformed or duplicate); "
+            f"the fraud pattern changes after {plan.drift_index:,}"
+        )
+        produced, finish = asyncio.run(_stream(settings, plan, generator, champion))
+        click.echo("")
+        env_file = _write_env(env, run_dir / settings.app_id / "env")
+        code = _summary(settings, plan, produced, finish, champion, dashboard, env_file)
+        if keep_running:
+            click.echo("the worker and its dashboard keep running; Ctrl-C stops them")
+            while worker.alive:
+                time.sleep(1)
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted: stopping the worker" + (" and servers" * started_servers))
+        _stop(worker, state_dir if started_servers else None)
+        return 130
+    _stop(worker, state_dir if keep_running and started_servers else None)
+    if not keep_running:
+        click.echo("the servers keep running (for replay); stop them with: make infra-down")
     return code
 
 
+def _stop(worker: WorkerProcess | None, servers: Path | None) -> None:
+    with contextlib.suppress(KeyboardInterrupt):
+        if worker is not None:
+            worker.stop()
+        if servers is not None:
+            infra.down(servers)
+
+
 def _demo_model(directory: Path) -> Path:
-    """Train the demo's model once (about 20 s) and reuse it on later runs."""
+    """Train the demo's v1 once (about 15 s) and reuse it on later runs."""
     if (directory / "metadata.json").exists():
-        click.echo(f"model: reusing {directory}")
+        click.echo(f"model v1: reusing {directory}")
         return directory
-    click.echo("training the demo model (ensemble of 3 MLPs on 8,000 labelled payments)")
-    data = demo_training_set(load_spec(Settings.from_env().spec_path), 8_000, seed=1)
+    click.echo("training v1 (an ensemble of 3 MLPs on 16,000 labelled payments)")
+    data = demo_training_set(load_spec(Settings.from_env().spec_path), 16_000, seed=1)
     trained = train_model(data, directory, TrainingConfig(members=3, hidden=32, epochs=6))
     metrics = trained.metadata.metrics
     click.echo(
@@ -86,91 +194,239 @@ def _demo_model(directory: Path) -> Path:
     return directory
 
 
-def _show_predictions(outputs: scenario.Outputs, settings: Settings) -> None:
-    wanted = {orjson.loads(r.value)["event_id"] for r in outputs.valid}
-    records = asyncio.run(
-        collect(
-            settings.bootstrap_servers,
-            [settings.topics.predictions],
-            until=lambda got: len(got) >= len(wanted),
-            timeout_s=60,
-        ),
+async def _register_champion(settings: Settings, model_dir: Path) -> str:
+    await scenario.prepare_topics(settings)
+    commands = LifecycleCommands(
+        settings, MlflowRegistry(settings.mlflow_uri, settings.mlflow_artifacts), actor="demo"
     )
-    predictions = {p["request_id"]: p for p in (orjson.loads(r.value) for r in records)}
-    if not predictions:
-        click.echo("no predictions arrived")
-        return
-    scored = list(predictions.values())
-    low = sum(1 for p in scored if p.get("low_confidence"))
-    flagged = sum(1 for p in scored if p.get("predicted") == 1)
-    sizes = Counter(len(p["uncertainty"]["conformal_set"]) for p in scored if "uncertainty" in p)
-    click.echo(
-        f"predictions: {len(predictions)} of {len(wanted)} events scored on "
-        f"{settings.topics.predictions}; {flagged} predicted fraud, {low} low-confidence, "
-        f"conformal set sizes {dict(sorted(sizes.items()))}"
+    registered = await commands.register(model_dir, reason="demo v1")
+    await commands.promote(registered.version, reason="demo v1")
+    return registered.version
+
+
+async def _stream(
+    settings: Settings, plan: DemoPlan, generator: PaymentGenerator, champion: str
+) -> tuple[list[SyntheticMessage], ModelEvent | None]:
+    """Produce the payments; label them; print lifecycle events and alerts as they come."""
+    progress = Progress(plan)
+    stop = asyncio.Event()
+    labeler = Labeler(settings, plan.drift_index)
+    labelling = asyncio.create_task(labeler.run(stop))
+    ended: list[ModelEvent] = []
+    watching = asyncio.create_task(_watch(settings, plan.start_ms, champion, progress, stop, ended))
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers, linger_ms=5, enable_idempotence=True
     )
+    await producer.start()
+    stream = Stream(producer, settings.topics.raw, iter(generator))
+    try:
+        await _produce(stream, plan, progress, lambda: False)
+        if not ended:
+            progress.say(
+                f"  the rollout is still under way: the stream goes on (at most {EXTRA_S:.0f} s)"
+            )
+            deadline = time.monotonic() + EXTRA_S
+            await _produce(
+                stream, plan, progress, lambda: bool(ended) or time.monotonic() > deadline
+            )
+        await producer.flush()
+        progress.draw()
+    finally:
+        await producer.stop()
+        await asyncio.sleep(3)  # the last labels and lifecycle events
+        stop.set()
+        await asyncio.gather(labelling, watching, return_exceptions=True)
+    click.echo(f"\nlabels sent: {labeler.sent:,} ({labeler.positives:,} fraud)")
+    return stream.produced, (ended[0] if ended else None)
 
 
-def _show_stores(outputs: scenario.Outputs, settings: Settings) -> None:
-    """One entity's newest vector from Redis, and the Parquet rows on the S3 endpoint."""
-    records = [orjson.loads(r.value) for r in outputs.valid]
-    if not records:
-        return
-    newest = max(records, key=lambda r: r["event_time"])
-    deadline = time.monotonic() + 10
-    row = None
-    while row is None and time.monotonic() < deadline:
-        row = asyncio.run(online_features(settings, [newest["entity_id"]]))[0]
-        if row is None or row.event_id != newest["event_id"]:
-            row = None
-            time.sleep(0.2)
-    if row is not None:
-        shown = {
-            k: row.values[k]
-            for k in list(row.values)[:1] + [n for n in row.values if "24h" in n][:4]
-        }
-        click.echo(f"online store (Redis) {row.entity_id} @ {row.event_time}: {shown}")
-    store = ParquetOfflineStore(
-        settings.offline_location, storage_options=settings.offline_storage_options()
+@dataclass
+class Stream:
+    """The payments on their way to ``events.raw``, at the plan's rate."""
+
+    producer: AIOKafkaProducer
+    topic: str
+    messages: Iterator[SyntheticMessage]
+    produced: list[SyntheticMessage] = field(default_factory=list)
+
+
+async def _produce(
+    stream: Stream, plan: DemoPlan, progress: Progress, until: Callable[[], bool]
+) -> None:
+    """Send at the plan's rate: up to the plan's count first, then (once past it) until
+    ``until()`` holds or the generator runs out."""
+    produced = stream.produced
+    limit = plan.count if len(produced) < plan.count else None
+    started = time.perf_counter()
+    for sent_here, message in enumerate(stream.messages, start=1):
+        delay = started + (sent_here - 1) / plan.rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await stream.producer.send(stream.topic, value=message.value, key=message.key)
+        produced.append(message)
+        if sent_here % max(int(plan.rate) // 4, 1) == 0:
+            progress.produced = len(produced)
+            progress.draw()
+            if limit is None and until():
+                return
+        if limit is not None and len(produced) >= limit:
+            progress.produced = len(produced)
+            return
+
+
+async def _watch(  # noqa: PLR0913, PLR0917 - the run's context and where to report
+    settings: Settings,
+    start_ms: int,
+    champion: str,
+    progress: Progress,
+    stop: asyncio.Event,
+    ended: list[ModelEvent],
+) -> None:
+    """Print each new lifecycle event and drift alert; note the event that ends the rollout."""
+    shown = 2  # v1's registration and promotion were reported already
+    consumer = AIOKafkaConsumer(
+        settings.topics.alerts,
+        bootstrap_servers=settings.bootstrap_servers,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
     )
-    deadline = time.monotonic() + 15
-    rows = store.read().num_rows
-    while rows < len(records) and time.monotonic() < deadline:
-        time.sleep(1)
-        rows = store.read().num_rows
-    click.echo(
-        f"offline store: {rows} Parquet rows at {settings.offline_location} "
-        "(date=/hour= partitions)"
-    )
+    await consumer.start()
+    alerted: set[tuple[str, str]] = set()
+    try:
+        while not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=1_000)
+            for messages in batch.values():
+                for message in messages:
+                    alert = orjson.loads(message.value or b"{}")
+                    key = (str(alert.get("feature")), str(alert.get("statistic")))
+                    if key not in alerted:  # the first alert of each kind
+                        alerted.add(key)
+                        progress.say(
+                            f"  alert: {key[0]} {key[1]} on {alert.get('version')} "
+                            f"(value {alert.get('value')}, window {alert.get('window')})"
+                        )
+            events = [logged.event for logged in await read_log(settings)]
+            for event in events[shown:]:
+                progress.say("  " + demo_report.timeline_line(event, start_ms))
+            shown = max(shown, len(events))
+            progress.status = _state_text(events)
+            finish = demo_report.finished(events, champion)
+            if finish is not None and not ended:
+                ended.append(finish)
+    finally:
+        await consumer.stop()
 
 
-def _share(expected: Counter[str]) -> str:
-    total = sum(expected.values())
-    bad = total - expected[VALID]
-    return f"{100 * bad / max(total, 1):.1f}%"
+def _state_text(events: list[ModelEvent]) -> str:
+    if not events:
+        return ""
+    state = fold(events).get(events[0].model)
+    if state is None:
+        return ""
+    parts = [f"champion {state.champion}"]
+    if state.canary:
+        parts.append(f"canary {state.canary} {state.canary_percent:g}%")
+    if state.shadow:
+        parts.append(f"shadow {state.shadow}")
+    return ", ".join(parts)
 
 
-def _summarise(
-    expected: Counter[str], outputs: scenario.Outputs, elapsed: float, settings: Settings
+def _summary(  # noqa: PLR0913, PLR0917 - what the run produced and how it ended
+    settings: Settings,
+    plan: DemoPlan,
+    produced: list[SyntheticMessage],
+    finish: ModelEvent | None,
+    champion: str,
+    dashboard: str,
+    env_file: Path,
 ) -> int:
+    """Read the run back from the topics and print what happened."""
+    expected = Counter(m.expected for m in produced)
+    outputs = asyncio.run(scenario.collect_outputs(settings, len(produced), timeout_s=120))
     reasons = outputs.rejected_by_reason()
-    click.echo("")
     click.echo(f"{'outcome':<28}{'expected':>10}{'observed':>10}")
-    click.echo(f"{'valid':<28}{expected[VALID]:>10}{len(outputs.valid):>10}")
+    click.echo(f"{'valid (scored)':<28}{expected[VALID]:>10,}{len(outputs.valid):>10,}")
     for reason in sorted(set(reasons) | (set(expected) - {VALID})):
-        click.echo(f"{'rejected ' + reason:<28}{expected[reason]:>10}{reasons[reason]:>10}")
-    total = sum(expected.values())
-    click.echo(
-        f"{total} events through {settings.topics.raw} in {elapsed:.1f} s: "
-        f"{outputs.total / elapsed:,.0f} events/s"
-    )
-    click.echo(
-        f"dead letters with reasons: {settings.topics.rejected}; "
-        f"feature records: {settings.topics.features}"
-    )
+        click.echo(f"{'rejected ' + reason:<28}{expected[reason]:>10,}{reasons[reason]:>10,}")
     matches = len(outputs.valid) == expected[VALID] and all(
         reasons[r] == n for r, n in expected.items() if r != VALID
     )
     click.echo("every event accounted for" if matches else "MISMATCH between expected and observed")
-    click.echo("the servers keep running; stop them with: make infra-down")
+
+    wanted = {orjson.loads(r.value)["event_id"] for r in outputs.valid}
+    predictions = asyncio.run(_decisions(settings, wanted))
+    raw = asyncio.run(read_topic(settings.bootstrap_servers, settings.topics.raw))
+    latency = demo_report.end_to_end_latency(
+        ((r.value, r.timestamp_ms) for r in raw), ((r.value, r.timestamp_ms) for r in predictions)
+    )
+    by_version = demo_report.decisions_by_version(r.value for r in predictions)
+    click.echo(
+        "decisions: "
+        + ", ".join(f"{n:,} by {version}" for version, n in sorted(by_version.items()))
+    )
+    if latency is not None:
+        click.echo(
+            f"end-to-end latency (payment produced -> decision on {settings.topics.predictions}, "
+            f"{latency.count:,} decisions): "
+            f"p50 {latency.p50_ms:.0f} ms, p99 {latency.p99_ms:.0f} ms"
+        )
+
+    alerts = asyncio.run(read_topic(settings.bootstrap_servers, settings.topics.alerts))
+    counts = demo_report.alert_counts(orjson.loads(r.value) for r in alerts)
+    click.echo(f"drift alerts: {sum(counts.values())}")
+    for (version, feature, statistic), n in sorted(counts.items()):
+        click.echo(f"  {n:>4} x {feature} {statistic} on {version}")
+
+    outcomes = asyncio.run(read_topic(settings.bootstrap_servers, settings.topics.outcomes))
+    rates = demo_report.error_rates(
+        (orjson.loads(r.value) for r in outcomes), _drift_time_ms(produced, plan)
+    )
+    click.echo("error rate on labelled decisions (version, route, before/after the drift):")
+    for (version, route, phase), (errors, total) in rates.items():
+        click.echo(f"  {version} {route:<9} {phase:<7} {errors / total:6.1%} of {total:,}")
+
+    events = [logged.event for logged in asyncio.run(read_log(settings))]
+    click.echo(f"model.events timeline ({settings.topics.model_events}):")
+    for event in events:
+        click.echo("  " + demo_report.timeline_line(event, plan.start_ms))
+    if finish is None:
+        click.echo("the rollout did not finish within the run: see the timeline above")
+    elif finish.kind == "promoted":
+        click.echo(f"{finish.version} replaced {champion} as champion")
+    else:
+        click.echo(f"{finish.version} was rolled back; {champion} stays champion")
+    metrics = dashboard.replace("/dashboard/", "/metrics")
+    click.echo(f"dashboard: {dashboard}  (metrics: {metrics})")
+    click.echo(f"replay a decision: env $(cat {env_file}) headrace replay --request-id <id>")
     return 0 if matches else 1
+
+
+async def _decisions(settings: Settings, wanted: set[str]) -> list[Record]:
+    def decided(records: list[Record]) -> bool:
+        got = {orjson.loads(r.value)["request_id"] for r in records}
+        return wanted <= got
+
+    return await collect(
+        settings.bootstrap_servers,
+        [settings.topics.predictions],
+        until=decided,
+        timeout_s=120,
+        idle_s=20,
+    )
+
+
+def _drift_time_ms(produced: list[SyntheticMessage], plan: DemoPlan) -> int:
+    for message in produced[plan.drift_index :]:
+        with contextlib.suppress(orjson.JSONDecodeError, TypeError, AttributeError):
+            event_time = orjson.loads(message.value).get("event_time")
+            if isinstance(event_time, int):
+                return event_time
+    return plan.start_ms
+
+
+def _write_env(env: dict[str, str], path: Path) -> Path:
+    """The run's settings as ``NAME=value`` lines, for commands run against it later."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{name}={value}\n" for name, value in sorted(env.items())))
+    return path

@@ -44,6 +44,7 @@ async def retrain(  # noqa: PLR0913 - the context, then keyword-only knobs
     *,
     window_ms: int | None,
     shadow_fraction: float,
+    since_ms: int | None = None,
     min_rows: int,
     now_ms: int,
     config: TrainingConfig | None = None,
@@ -53,7 +54,9 @@ async def retrain(  # noqa: PLR0913 - the context, then keyword-only knobs
         raise RetrainError(f"domain {spec.name!r} declares no [features]")
     records = await read_topic(settings.bootstrap_servers, settings.topics.outcomes)
     outcomes = [orjson.loads(r.value) for r in records]
-    since = None if window_ms is None else now_ms - window_ms
+    window_start = None if window_ms is None else now_ms - window_ms
+    starts = [t for t in (since_ms, window_start) if t is not None]
+    since = max(starts) if starts else None
     labels = latest_labels(outcomes, since_ms=since)
     store = ParquetOfflineStore(
         settings.offline_location, storage_options=settings.offline_storage_options()

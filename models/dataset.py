@@ -57,6 +57,18 @@ def fraud_probability(values: Mapping[str, float | None]) -> float:
     return 1.0 / (1.0 + math.exp(-score))
 
 
+def drifted_fraud_probability(values: Mapping[str, float | None]) -> float:
+    """The demo domain's ground truth after its concept drift: a skimming ring makes most
+    card-present payments fraud; the rest keep the rule of :func:`fraud_probability`.
+    The inputs keep their distribution; only what they mean changes."""
+    card_present = values.get("card_present")
+    if not card_present:
+        return fraud_probability(values)
+    risk = values.get("device_risk")
+    score = 1.2 + 1.5 * (0.2 if risk is None else float(risk))
+    return 1.0 / (1.0 + math.exp(-score))
+
+
 def shortest_window_ms(spec: DomainSpec) -> int:
     """The size of the domain's shortest feature window: a replay's natural warm-up."""
     if spec.features is None or not spec.features.windows:

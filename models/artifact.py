@@ -3,7 +3,8 @@
 The metadata travels with the model: feature names and order, the feature-definition
 version, normalisation, temperature, conformal thresholds, reference histograms of every
 feature and of the model's confidence (drift detection compares the serving distribution
-with them), the training data's hash and time range, and held-out metrics.
+with them), the training data's hash and time range, held-out metrics, and a seeded sample of
+training rows (the reference that explanations are computed against, ``models.explain``).
 """
 
 from __future__ import annotations
@@ -68,6 +69,9 @@ class ModelMetadata:
     # The calibration split's LAC scores (models.conformal.CalibrationScores state): a
     # threshold at any level, for adaptive conformal inference while serving.
     conformal_scores: dict[str, Any] | None = None
+    # A seeded sample of training rows (null: missing), the reference of ``models.explain``;
+    # None in artifacts trained before it was kept.
+    background: list[list[float | None]] | None = None
 
 
 def data_hash(features: np.ndarray, labels: np.ndarray) -> str:

@@ -112,6 +112,16 @@ def model_outputs(
     return outputs
 
 
+def class_probabilities(
+    model: LoadedModel, matrix: np.ndarray, *, fast: bool = False
+) -> np.ndarray:
+    """The calibrated mean probabilities (rows, classes) of a float32 feature matrix (NaN:
+    missing), as ``model_outputs`` serves them: the cascade's triage answers its confident
+    rows, the ensemble the others; ``fast``: the triage alone."""
+    summary, _ = _probabilities(model, matrix, fast=fast)
+    return summary.mean
+
+
 def prediction_record(  # noqa: PLR0913 - the record and its output, then keyword-only context
     model: LoadedModel,
     record: Mapping[str, Any],

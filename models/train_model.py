@@ -18,6 +18,7 @@ from models.artifact import (
 )
 from models.cascade import Cascade, choose_threshold, fit_triage
 from models.dataset import TrainingSet
+from models.explain import background_sample
 from models.export import ONNX_FILE_NAME, export_onnx
 from models.network import Ensemble
 from models.training import TrainingConfig, train_ensemble
@@ -108,6 +109,10 @@ def train_model(
         },
         cascade=cascade.to_state(),
         conformal_scores=conformal.CalibrationScores.compute(after, y_cal, "lac").to_state(),
+        background=[
+            [None if np.isnan(v) else float(v) for v in row]
+            for row in background_sample(x[:train_end], seed=config.seed)
+        ],
     )
     save_metadata(directory, metadata)
     return TrainedModel(directory, metadata)

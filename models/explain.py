@@ -1,0 +1,224 @@
+"""Feature attributions for one prediction: Shapley values by permutation sampling.
+
+What is explained is the function the worker served: the calibrated probability of the
+target class (the positive class of a binary model), cascade included, so a row the
+triage model answers is explained as the triage answer, and a fast-path answer by the
+triage alone. The players are the model's features; a feature "absent" from a coalition
+takes its value from a reference row (interventional Shapley values).
+
+The estimator (Strumbelj and Kononenko's permutation sampling, walked as chains): every
+reference row ``z`` is paired with ``permutations`` orderings of the features (drawn in
+antithetic pairs: an ordering and its reverse). A chain starts at ``z`` and replaces its
+features by the explained row's values one at a time, in the ordering; each step's
+change of the probability is the marginal contribution of the feature it set. An
+attribution is the mean of its feature's contributions over all chains. Every chain
+telescopes to ``f(x) - f(z)`` and every reference row starts the same number of chains,
+so the attributions add up to ``f(x) - base_value`` exactly, ``base_value`` being the
+mean probability over the reference rows (efficiency, up to float rounding). For an
+additive function every chain gives each feature its exact share, so the estimate is
+exact; with interactions it converges to the Shapley values as chains are added.
+
+All rows of all chains form one matrix and the model is called once. The orderings come
+from a generator seeded by the request id and the model version: an explanation is
+reproduced exactly by whoever computes it again (``headrace replay --request-id``).
+
+Reference rows: the artifact's ``background`` (a seeded sample of the training split,
+:func:`background_sample`, saved by ``train_model``). An artifact trained before it was
+kept has none; its reference is then one row of missing values, which the network and the
+triage model both read as the training means (they impute a missing feature with its
+training mean), so the base value is the probability at the training means.
+
+Which requests are explained is :func:`explain_sampled`: a pure function of the request
+id, the same on every worker and in every replay.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from models.artifact import ModelMetadata
+from models.router import BUCKETS, bucket
+from models.scoring import LoadedModel, class_probabilities
+
+METHOD = "permutation_shapley"
+BACKGROUND_ROWS = 64  # reference rows an artifact keeps: 128 chains, about 5k rows
+PERMUTATIONS = 2  # orderings per reference row: one antithetic pair
+_SAMPLE_SALT = b"headrace.explain"  # blake2b's person: independent of canary and shadow
+_SEED_SALT = b"headrace.shapley"
+
+Probability = Callable[[np.ndarray], np.ndarray]  # (rows, features) -> (rows,)
+
+
+def explain_sampled(request_id: str, share: float) -> bool:
+    """Whether the request is explained: its bucket (blake2b of the id) falls below
+    ``share`` of the 10,000 buckets. 0 explains nothing, 1 everything."""
+    if share <= 0.0:
+        return False
+    return bucket(request_id, salt="", person=_SAMPLE_SALT) < round(share * BUCKETS)
+
+
+def explanation_seed(request_id: str, version: str) -> int:
+    """The generator seed of one request's explanation under one model version."""
+    digest = hashlib.blake2b(
+        f"{version}\x00{request_id}".encode(), digest_size=8, person=_SEED_SALT
+    ).digest()
+    return int.from_bytes(digest, "big")
+
+
+def background_sample(x: np.ndarray, *, rows: int = BACKGROUND_ROWS, seed: int = 0) -> np.ndarray:
+    """``rows`` rows of ``x`` (all of them when it has fewer), drawn without replacement
+    by a seeded generator, in their original order."""
+    if len(x) <= rows:
+        return np.array(x, dtype=np.float64)
+    chosen = np.sort(np.random.default_rng(seed).choice(len(x), size=rows, replace=False))
+    return np.array(x[chosen], dtype=np.float64)
+
+
+def background_of(metadata: ModelMetadata) -> tuple[np.ndarray, str]:
+    """The reference rows of a model and what they are: ``training_sample``, or one row of
+    missing values, ``training_means``, for an artifact without a sample (module doc)."""
+    width = len(metadata.feature_names)
+    if metadata.background:
+        rows = np.array(metadata.background, dtype=np.float64)  # null: NaN, missing
+        if rows.ndim == 2 and rows.shape[1] == width:
+            return rows, "training_sample"
+    return np.full((1, width), np.nan), "training_means"
+
+
+@dataclass(frozen=True)
+class ShapleyValues:
+    attributions: np.ndarray  # (features,), in the model's feature order
+    base_value: float  # mean f over the reference rows
+    value: float  # f(x)
+    chains: int  # reference rows x orderings
+    evaluations: int  # rows the model was asked for, in one call
+
+
+def permutation_shapley(
+    f: Probability,
+    x: np.ndarray,
+    background: np.ndarray,
+    *,
+    seed: int,
+    permutations: int = PERMUTATIONS,
+) -> ShapleyValues:
+    """Shapley values of ``f`` at ``x`` against the rows of ``background`` (module doc)."""
+    if permutations < 1:
+        raise ValueError(f"permutations must be >= 1, got {permutations}")
+    x = np.asarray(x, dtype=np.float64)
+    background = np.atleast_2d(np.asarray(background, dtype=np.float64))
+    rows, width = background.shape
+    if x.shape != (width,):
+        raise ValueError(f"x has shape {x.shape}, the reference rows {width} features")
+    rng = np.random.default_rng(seed)
+    chains = rows * permutations
+    orders = np.empty((chains, width), dtype=np.int64)
+    drawn = rng.permuted(np.tile(np.arange(width), (math.ceil(chains / 2), 1)), axis=1)
+    orders[0::2] = drawn[: (chains + 1) // 2]
+    orders[1::2] = drawn[: chains // 2, ::-1]  # the antithetic partner of each ordering
+    start = np.repeat(np.arange(rows), permutations)  # each chain's reference row
+    rank = np.argsort(orders, axis=1)  # rank[c, j]: the step at which chain c sets j
+    steps = np.arange(1, width)  # the rows strictly between z (step 0) and x (step width)
+    from_x = rank[:, np.newaxis, :] < steps[np.newaxis, :, np.newaxis]
+    middle = np.where(from_x, x, background[start][:, np.newaxis, :]).reshape(-1, width)
+    values = np.asarray(f(np.vstack([background, x[np.newaxis], middle])), dtype=np.float64)
+    at_background, at_x = values[:rows], float(values[rows])
+    path = np.empty((chains, width + 1))
+    path[:, 0] = at_background[start]
+    path[:, 1:width] = values[rows + 1 :].reshape(chains, width - 1)
+    path[:, width] = at_x
+    contributions = np.diff(path, axis=1)  # [c, k]: what the feature set at step k added
+    attributions = np.take_along_axis(contributions, rank, axis=1).mean(axis=0)
+    return ShapleyValues(
+        attributions=attributions,
+        base_value=float(at_background.mean()),
+        value=at_x,
+        chains=chains,
+        evaluations=len(values),
+    )
+
+
+def served_probability(model: LoadedModel, target: int, *, fast: bool) -> Probability:
+    """The model's calibrated probability of class ``target``, as it is served."""
+
+    def probability(matrix: np.ndarray) -> np.ndarray:
+        served = class_probabilities(model, matrix.astype(np.float32), fast=fast)
+        return np.asarray(served[:, target], dtype=np.float64)
+
+    return probability
+
+
+def explain_prediction(
+    model: LoadedModel,
+    record: Mapping[str, Any],
+    prediction: Mapping[str, Any],
+    *,
+    computed_at: int,
+    permutations: int = PERMUTATIONS,
+) -> dict[str, Any]:
+    """The explanation record of one scored features record: attributions of the positive
+    class's probability (the predicted class's, for more than two classes)."""
+    metadata = model.metadata
+    names = metadata.feature_names
+    features = record["features"]
+    x = np.array([_value(features.get(name)) for name in names], dtype=np.float64)
+    target = 1 if metadata.classes == 2 else int(prediction["predicted"])
+    fast = prediction.get("answered_by") == "fast_path"
+    request_id = str(prediction["request_id"])
+    seed = explanation_seed(request_id, model.version)
+    background, reference = background_of(metadata)
+    shapley = permutation_shapley(
+        served_probability(model, target, fast=fast),
+        x,
+        background,
+        seed=seed,
+        permutations=permutations,
+    )
+    served = prediction.get("probabilities") or []
+    return {
+        "request_id": request_id,
+        "event_id": prediction.get("event_id", request_id),
+        "entity_id": prediction.get("entity_id"),
+        "model": {"name": model.name, "version": model.version},
+        "route": prediction.get("route"),
+        "target_class": target,
+        "feature_names": list(names),
+        "feature_values": [None if math.isnan(v) else float(v) for v in x],
+        "attributions": [float(a) for a in shapley.attributions],
+        "base_value": shapley.base_value,
+        "probability": shapley.value,
+        "served_probability": float(served[target]) if target < len(served) else None,
+        "answered_by": prediction.get("answered_by"),
+        "method": METHOD,
+        "samples": shapley.chains,
+        "permutations": permutations,
+        "reference": reference,
+        "reference_rows": len(background),
+        "evaluations": shapley.evaluations,
+        "seed": seed,
+        "computed_at": computed_at,
+    }
+
+
+def top_features(explanation: Mapping[str, Any], count: int) -> list[tuple[str, Any, float]]:
+    """(name, value, attribution) of the ``count`` features with the largest |attribution|."""
+    ranked = sorted(
+        zip(
+            explanation["feature_names"],
+            explanation["feature_values"],
+            explanation["attributions"],
+            strict=True,
+        ),
+        key=lambda item: -abs(item[2]),
+    )
+    return [(str(name), value, float(a)) for name, value, a in ranked[:count]]
+
+
+def _value(value: float | None) -> float:
+    return math.nan if value is None else float(value)

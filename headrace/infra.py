@@ -43,10 +43,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Mapping, Sequence
+    from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 
 __all__ = [
     "InfraError",
+    "KafkaRestart",
     "Ports",
     "ServiceStatus",
     "bootstrap_servers",
@@ -54,6 +55,7 @@ __all__ = [
     "down",
     "main",
     "redis_url",
+    "restart_kafka",
     "s3_endpoint_url",
     "status",
     "up",
@@ -202,11 +204,14 @@ def s3_endpoint_url() -> str:
 # The public operations
 
 
-def up(state_dir: Path) -> list[ServiceStatus]:
-    """Start whatever is not running yet and wait until every service answers."""
+def up(state_dir: Path, only: Collection[str] | None = None) -> list[ServiceStatus]:
+    """Start whatever is not running yet and wait until every service answers.
+
+    ``only`` names the services to consider (``kafka``, ``redis``, ``s3``); default all.
+    """
     ports = Ports.from_env()
     state_dir = _prepare_state_dir(state_dir)
-    services = _services(state_dir, ports)
+    services = _selected(_services(state_dir, ports), only)
     with _locked(state_dir):
         # name -> (pid if known yet, when the wait started, whether this call launched it)
         pending: dict[str, tuple[int | None, float, bool]] = {}
@@ -244,11 +249,14 @@ def up(state_dir: Path) -> list[ServiceStatus]:
     return [results[service.name] for service in services]
 
 
-def down(state_dir: Path) -> list[ServiceStatus]:
-    """Stop the processes named in the pid files and wait for their ports to close."""
+def down(state_dir: Path, only: Collection[str] | None = None) -> list[ServiceStatus]:
+    """Stop the processes named in the pid files and wait for their ports to close.
+
+    ``only`` names the services to stop (``kafka``, ``redis``, ``s3``); default all.
+    """
     ports = Ports.from_env()
     state_dir = state_dir.expanduser().resolve()
-    services = _services(state_dir, ports)
+    services = _selected(_services(state_dir, ports), only)
     if not state_dir.is_dir():
         return [_stopped_or_external(service, "stopped") for service in services]
     with _locked(state_dir):
@@ -279,6 +287,43 @@ def down(state_dir: Path) -> list[ServiceStatus]:
                 )
             )
     return results
+
+
+@dataclass(frozen=True)
+class KafkaRestart:
+    """How long the broker was gone: its stop, and its start until it answered again."""
+
+    stopped: ServiceStatus
+    started: ServiceStatus
+    stop_s: float
+    start_s: float
+
+    @property
+    def down_s(self) -> float:
+        return self.stop_s + self.start_s
+
+
+def restart_kafka(state_dir: Path, pause_s: float = 0.0) -> KafkaRestart:
+    """Stop the broker (SIGTERM: a controlled shutdown), wait ``pause_s``, start it again
+    with the same data, ports and configuration; Redis and S3 are left alone."""
+    began = time.monotonic()
+    [stopped] = down(state_dir, only={"kafka"})
+    if stopped.running:
+        raise InfraError(f"kafka did not stop: {stopped.detail}")
+    stop_s = time.monotonic() - began
+    time.sleep(pause_s)
+    began = time.monotonic()
+    [started] = up(state_dir, only={"kafka"})
+    return KafkaRestart(stopped, started, stop_s, pause_s + time.monotonic() - began)
+
+
+def _selected(services: list[_Service], only: Collection[str] | None) -> list[_Service]:
+    if only is None:
+        return services
+    unknown = set(only) - {service.name for service in services}
+    if unknown:
+        raise InfraError(f"no such service: {', '.join(sorted(unknown))}")
+    return [service for service in services if service.name in only]
 
 
 def status(state_dir: Path) -> list[ServiceStatus]:

@@ -24,6 +24,18 @@ def free_port() -> int:
         return port
 
 
+def process_rss_bytes(pid: int) -> int:
+    """A process's resident set size in bytes, from ``/proc/<pid>/status`` (Linux)."""
+    status = Path("/proc") / str(pid) / "status"
+    for line in status.read_text(encoding="ascii", errors="replace").splitlines():
+        if line.startswith("VmRSS:"):
+            amount, unit = line.split()[1:3]
+            if unit != "kB":
+                raise ValueError(f"unexpected VmRSS unit {unit!r} in {status}")
+            return int(amount) * 1024
+    raise ValueError(f"no VmRSS in {status} (a zombie process?)")
+
+
 def isolated_env(base_dir: Path, *, name: str | None = None, **extra: str) -> dict[str, str]:
     """Settings for a worker with its own topic prefix, app id, state, web port and registry."""
     run_id = name or uuid.uuid4().hex[:10]
@@ -97,6 +109,16 @@ class WorkerProcess:
             self._log.close()
             self._log = None
         return None if self.process is None else self.process.returncode
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.process is None else self.process.pid
+
+    def rss_bytes(self) -> int:
+        """The worker's resident set size (``VmRSS`` in ``/proc/<pid>/status``), in bytes."""
+        if self.process is None or not self.alive:
+            raise RuntimeError("the worker is not running")
+        return process_rss_bytes(self.process.pid)
 
     def log_tail(self, lines: int = 40) -> str:
         try:

@@ -1,0 +1,270 @@
+"""Accounting for the fault tests: what came out of the worker, against what went in.
+
+A ``Ledger`` folds the records of the predictions and dead-letter topics as they arrive
+(records are not kept, so a soak of hundreds of thousands of events fits in memory). An
+event is accounted for by a prediction (valid) or a dead letter (rejected); a record seen
+again (a prediction for the same request id, a dead letter for the same source offset) is
+a duplicate, counted and reported, never an error: delivery is at least once.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import re
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Self
+
+import orjson
+from aiokafka import AIOKafkaConsumer
+
+from streams.settings import Settings
+from streams.synthetic import VALID, SyntheticMessage
+from tests.integration.conftest import ARTIFACTS
+
+REPORTS = ARTIFACTS / "faults"
+PROBE_KEY = b"probe"
+EVENT_ID = re.compile(rb'"event_id":\s*"([^"]+)"')
+
+
+def write_report(name: str, figures: dict[str, Any]) -> Path:
+    """Write the figures of one test to ``test-artifacts/faults/<name>.json`` and print them."""
+    REPORTS.mkdir(parents=True, exist_ok=True)
+    path = REPORTS / f"{name}.json"
+    path.write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    print(f"\n{name}: {json.dumps(figures, sort_keys=True)}")
+    return path
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What the worker must emit for a stream of synthetic messages."""
+
+    valid_ids: frozenset[str]
+    rejections: Counter[tuple[str, str]]  # (event id, reason) -> how many messages
+
+    @classmethod
+    def of(cls, messages: Iterable[SyntheticMessage]) -> Expected:
+        valid: set[str] = set()
+        rejections: Counter[tuple[str, str]] = Counter()
+        for message in messages:
+            if message.event_id is None:
+                raise ValueError("every synthetic message must carry an event id")
+            if message.expected == VALID:
+                valid.add(message.event_id)
+            else:
+                rejections[message.event_id, message.expected] += 1
+        return cls(frozenset(valid), rejections)
+
+    @property
+    def total(self) -> int:
+        return len(self.valid_ids) + sum(self.rejections.values())
+
+
+@dataclass
+class Ledger:
+    """The outputs seen so far: predictions by request id, dead letters by source offset."""
+
+    settings: Settings
+    prediction_records: int = 0
+    predictions: Counter[str] = field(default_factory=Counter)  # request id -> copies
+    by_worker: Counter[str] = field(default_factory=Counter)  # first predictions per worker
+    redelivered_predictions: int = 0
+    rejection_records: int = 0
+    # source (partition, offset) -> (event id or None, reason, detail, key)
+    letters: dict[tuple[int, int], tuple[str | None, str, str, bytes | None]] = field(
+        default_factory=dict
+    )
+    letter_copies: int = 0
+    conflicting_letters: int = 0  # the same source offset rejected for two reasons
+    first_output_ms: int | None = None
+    last_output_ms: int | None = None
+    output_times_ms: list[int] = field(default_factory=list)
+    first_by_worker_ms: dict[str, int] = field(default_factory=dict)
+
+    def add(self, topic: str, key: bytes | None, value: bytes, timestamp_ms: int) -> None:
+        names = self.settings.topics
+        if topic == names.predictions:
+            self._add_prediction(orjson.loads(value), timestamp_ms)
+        elif topic == names.rejected:
+            if key == PROBE_KEY:
+                return
+            self._add_letter(key, orjson.loads(value))
+        else:
+            return
+        self.output_times_ms.append(timestamp_ms)
+        if self.first_output_ms is None or timestamp_ms < self.first_output_ms:
+            self.first_output_ms = timestamp_ms
+        if self.last_output_ms is None or timestamp_ms > self.last_output_ms:
+            self.last_output_ms = timestamp_ms
+
+    def _add_prediction(self, prediction: dict[str, Any], timestamp_ms: int) -> None:
+        if prediction.get("shadow"):
+            return
+        self.prediction_records += 1
+        request_id = str(prediction["request_id"])
+        self.predictions[request_id] += 1
+        if prediction.get("redelivered"):
+            self.redelivered_predictions += 1
+        worker = str(prediction.get("worker", "?"))
+        if self.predictions[request_id] == 1:
+            self.by_worker[worker] += 1
+        if worker not in self.first_by_worker_ms:
+            self.first_by_worker_ms[worker] = timestamp_ms
+
+    def _add_letter(self, key: bytes | None, letter: dict[str, Any]) -> None:
+        self.rejection_records += 1
+        source = letter["source"]
+        position = (int(source["partition"]), int(source["offset"]))
+        event_id = letter.get("event_id")
+        if not event_id:
+            found = EVENT_ID.search(base64.b64decode(letter["original_b64"]))
+            event_id = found.group(1).decode("utf-8", "replace") if found else None
+        entry = (event_id, str(letter["reason"]), str(letter["detail"]), key)
+        earlier = self.letters.get(position)
+        if earlier is None:
+            self.letters[position] = entry
+            return
+        self.letter_copies += 1
+        if earlier[1] != entry[1]:
+            self.conflicting_letters += 1
+
+    # ----------------------------------------------------------------------------------
+    # Questions
+
+    @property
+    def outputs(self) -> int:
+        return self.prediction_records + self.rejection_records
+
+    @property
+    def unique_outputs(self) -> int:
+        return len(self.predictions) + len(self.letters)
+
+    @property
+    def duplicate_predictions(self) -> int:
+        return self.prediction_records - len(self.predictions)
+
+    def rejected_as(self) -> Counter[tuple[str, str]]:
+        return Counter((e or "", reason) for e, reason, _, _ in self.letters.values())
+
+    def reasons(self) -> Counter[str]:
+        return Counter(reason for _, reason, _, _ in self.letters.values())
+
+    def unpredicted(self, expected: Expected) -> set[str]:
+        return set(expected.valid_ids - self.predictions.keys())
+
+    def missing_rejections(self, expected: Expected) -> Counter[tuple[str, str]]:
+        return expected.rejections - self.rejected_as()
+
+    def complete(self, expected: Expected) -> bool:
+        if len(self.predictions) < len(expected.valid_ids):
+            return False
+        if len(self.letters) < sum(expected.rejections.values()):
+            return False
+        return not self.unpredicted(expected) and not self.missing_rejections(expected)
+
+    def rate_between(self, start_ms: int, end_ms: int) -> float:
+        """Outputs per second with a broker timestamp within [start_ms, end_ms)."""
+        if end_ms <= start_ms:
+            return 0.0
+        inside = sum(1 for t in self.output_times_ms if start_ms <= t < end_ms)
+        return inside * 1000.0 / (end_ms - start_ms)
+
+    def longest_gap_ms(self, start_ms: int, end_ms: int) -> int:
+        """The longest stretch with no output at all within [start_ms, end_ms]."""
+        times = sorted(t for t in self.output_times_ms if start_ms <= t <= end_ms)
+        edges = [start_ms, *times, end_ms]
+        return max(b - a for a, b in itertools.pairwise(edges))
+
+    def summary(self, expected: Expected) -> dict[str, Any]:
+        return {
+            "events_produced": expected.total,
+            "valid_expected": len(expected.valid_ids),
+            "rejections_expected": sum(expected.rejections.values()),
+            "predictions_unique": len(self.predictions),
+            "prediction_records": self.prediction_records,
+            "duplicate_predictions": self.duplicate_predictions,
+            "redelivered_predictions": self.redelivered_predictions,
+            "rejections_unique": len(self.letters),
+            "rejection_records": self.rejection_records,
+            "duplicate_rejections": self.letter_copies,
+            "conflicting_rejections": self.conflicting_letters,
+            "unpredicted": len(self.unpredicted(expected)),
+            "missing_rejections": sum(self.missing_rejections(expected).values()),
+            "rejections_by_reason": dict(sorted(self.reasons().items())),
+            "predictions_by_worker": dict(self.by_worker),
+        }
+
+
+class Follower:
+    """Reads the predictions and dead-letter topics from the beginning into a ledger."""
+
+    def __init__(self, settings: Settings, ledger: Ledger | None = None) -> None:
+        self.settings = settings
+        self.ledger = ledger if ledger is not None else Ledger(settings)
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def __aenter__(self) -> Self:
+        self._consumer = AIOKafkaConsumer(
+            self.settings.topics.predictions,
+            self.settings.topics.rejected,
+            bootstrap_servers=self.settings.bootstrap_servers,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            group_id=None,
+            fetch_max_wait_ms=200,
+            max_poll_records=5_000,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            fetch_max_bytes=16 * 1024 * 1024,
+        )
+        await self._consumer.start()
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+    async def poll(self) -> int:
+        """Fold whatever has arrived (waiting up to 200 ms); how many records that was."""
+        if self._consumer is None:
+            raise RuntimeError("use the follower as an async context manager")
+        batch = await self._consumer.getmany(timeout_ms=200)
+        count = 0
+        for messages in batch.values():
+            for message in messages:
+                self.ledger.add(message.topic, message.key, message.value, message.timestamp)
+                count += 1
+        return count
+
+    async def until(
+        self,
+        condition: Callable[[Ledger], bool],
+        timeout_s: float,
+        *,
+        alive: Callable[[], bool] | None = None,
+        what: str = "the condition",
+    ) -> float:
+        """Read until ``condition(ledger)`` holds; the seconds it took. ``alive`` is checked
+        on the way, so a dead worker fails the wait at once instead of at the timeout."""
+        started = time.monotonic()
+        deadline = started + timeout_s
+        while not condition(self.ledger):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what} did not hold within {timeout_s:.0f} s")
+            if alive is not None and not alive():
+                raise RuntimeError(f"a worker died while waiting for {what}")
+            await self.poll()
+        return time.monotonic() - started
+
+    async def settle(self, quiet_s: float = 3.0, timeout_s: float = 60.0) -> None:
+        """Read until nothing new has arrived for ``quiet_s``: late copies are counted too."""
+        deadline = time.monotonic() + timeout_s
+        last_new = time.monotonic()
+        while time.monotonic() < deadline and time.monotonic() - last_new < quiet_s:
+            if await self.poll():
+                last_new = time.monotonic()

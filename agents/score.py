@@ -29,6 +29,7 @@ import orjson
 import structlog
 
 from agents.drift import watch_chunk
+from agents.explain import offer as offer_explanations
 from agents.lifecycle import WORKER, fleet
 from models.fleet import ServingSet
 from streams import topics
@@ -113,6 +114,8 @@ if fleet is not None:
             )
             if settings.drift:
                 await watch_chunk(serving, records, predictions)
+            if settings.explain_share > 0:  # queued for agents.explain; never waits
+                offer_explanations(serving, records, predictions)
             # Straight to the producer: faust flushes it before committing any offset,
             # so at-least-once holds, without Topic.send's per-message bookkeeping.
             producer = app.producer

@@ -754,6 +754,34 @@ def _explanation_lines(explained: Mapping[str, Any]) -> list[str]:
         else f"differs: {_differences_text(replayed['differences'])}"
     )
     lines.append(f"replay    {verdict} ({', '.join(replayed['backends'].values()) or '-'})")
+    lines.extend(_attribution_lines(explained.get("explanation")))
+    return lines
+
+
+TOP_ATTRIBUTIONS = 8  # features listed by replay --request-id, by |attribution|
+
+
+def _attribution_lines(explanation: Mapping[str, Any] | None) -> list[str]:
+    if explanation is None:
+        return ["explained none: this request was not sampled (HEADRACE_EXPLAIN_SHARE)"]
+    from models.explain import top_features
+
+    total = sum(explanation["attributions"])
+    reproduced = "reproduced" if explanation.get("reproduced") else "not reproduced"
+    method = (
+        f"explained {explanation['method']} of class {explanation['target_class']}, "
+        f"{explanation['samples']} samples against {explanation['reference_rows']} "
+        f"{explanation['reference']} rows, seed {explanation['seed']} ({reproduced})"
+    )
+    total_line = (
+        f"  base {explanation['base_value']:.4f} + attributions {total:+.4f} "
+        f"= probability {explanation['probability']:.4f}"
+    )
+    lines = [method, total_line]
+    lines.extend(
+        f"  {name} = {value} {attribution:+.4f}"
+        for name, value, attribution in top_features(explanation, TOP_ATTRIBUTIONS)
+    )
     return lines
 
 

@@ -32,7 +32,9 @@ replay must run the backend the worker ran: ``HEADRACE_BACKEND``, or the same ma
 default; the report names the backend of each version.
 
 ``explain`` is the one-request view: the logged decision, the features record it points
-at, the state it was routed by, its shadow predictions, and the same comparison.
+at, the state it was routed by, its shadow predictions, and the same comparison; and the
+request's feature attributions from the ``explanations`` topic when the worker sampled it
+(``models.explain``), computed again with the version's model to check they reproduce.
 
 Known limit: a worker that failed to load a canary routes its records to the champion
 until the ``load_failed`` event lands; replay routes them to the canary, and reports the
@@ -57,6 +59,7 @@ from headrace.model_log import read_log
 from models.artifact import load_model
 from models.backends import choose_backend
 from models.cascade import Cascade
+from models.explain import explain_prediction
 from models.export import ONNX_FILE_NAME
 from models.fleet import ArtifactMismatchError, verified_download
 from models.lifecycle import ModelEvent, ModelState, VersionInfo, apply
@@ -539,6 +542,56 @@ async def read_predictions(settings: Settings, request_ids: Iterable[str]) -> Lo
     return logged
 
 
+async def read_explanation(settings: Settings, request_id: str) -> dict[str, Any] | None:
+    """The first explanation of ``request_id`` on the explanations topic; None when there
+    is none (the request was not sampled) or no such topic."""
+    topic = settings.topics.explanations
+    consumer = _consumer(settings)
+    try:
+        await consumer.start()
+        try:
+            partitions = await _partitions(consumer, topic)
+        except ReplayError:  # a deployment that never explained anything
+            return None
+        beginnings = await consumer.beginning_offsets(partitions)
+        ends = await consumer.end_offsets(partitions)
+        ranges = {tp: (beginnings[tp], ends[tp]) for tp in partitions}
+        wanted = request_id.encode()
+        records = await _read_ranges(consumer, ranges, lambda r: r.key == wanted)
+    finally:
+        await consumer.stop()
+    if not records:
+        return None
+    explanation: dict[str, Any] = orjson.loads(records[0].value)
+    return explanation
+
+
+def explanation_reproduced(
+    model: LoadedModel,
+    record: Mapping[str, Any],
+    decision: Mapping[str, Any],
+    logged: Mapping[str, Any],
+    *,
+    tolerance: float = TOLERANCE,
+) -> bool:
+    """Whether computing the explanation again gives the logged attributions and base."""
+    again = explain_prediction(
+        model,
+        record,
+        decision,
+        computed_at=int(logged.get("computed_at") or 0),
+        permutations=int(logged.get("permutations") or 1),
+    )
+    pairs = [
+        *zip(again["attributions"], logged.get("attributions") or [], strict=False),
+        (again["base_value"], logged.get("base_value")),
+        (again["probability"], logged.get("probability")),
+    ]
+    return len(again["attributions"]) == len(logged.get("attributions") or []) and all(
+        _close(a, b, tolerance) for a, b in pairs
+    )
+
+
 # -- the two commands -------------------------------------------------------------------------
 
 
@@ -604,6 +657,13 @@ async def explain(
     )
     sequence = (decision.get("model") or {}).get("sequence")
     state = history.at_sequence(sequence) if isinstance(sequence, int) else None
+    explanation = await read_explanation(settings, request_id)
+    if explanation is not None:
+        version = str((explanation.get("model") or {}).get("version"))
+        reproduced = version in latest.versions and explanation_reproduced(
+            loader(version), message.record, decision, explanation
+        )
+        explanation = {**explanation, "reproduced": reproduced}
     output_keys = ("probabilities", "predicted", "uncertainty", "low_confidence", "answered_by")
     return {
         "request_id": request_id,
@@ -621,6 +681,7 @@ async def explain(
             {key: shadow.get(key) for key in ("model", "predicted", "probabilities")}
             for shadow in predictions.shadows.get(request_id, [])
         ],
+        "explanation": explanation,
         "replay": {
             "identical": report.identical == 1,
             "mode": report.mode,

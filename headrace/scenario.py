@@ -54,6 +54,7 @@ async def prepare_topics(settings: Settings) -> None:
             names.review_queue,
             names.drift_reports,
             names.alerts,
+            names.explanations,
         ],
         settings.partitions,
     )

@@ -37,6 +37,7 @@ class TopicNames:
     review_queue: str = "review.queue"
     drift_reports: str = "drift.reports"
     alerts: str = "alerts"
+    explanations: str = "explanations"
 
     def prefixed(self, prefix: str) -> TopicNames:
         if not prefix:
@@ -72,9 +73,12 @@ class Settings:
     drift: bool = True  # with scoring: PSI/KL and River detectors against the references
     drift_threshold: float = 0.1  # PSI above this raises an alert
     drift_window: int = 5_000  # the latest decisions a drift report covers
+    explain_share: float = 0.01  # share of decisions explained (Shapley values); 0: none
     retrain_on_drift: bool = False  # retrain when the champion drifts (registry mode)
     retrain_every_s: int = 0  # retrain on this period too; 0: never
     retrain_cooldown_s: int = 600  # the least time between two retrainings
+    retrain_alerts: tuple[str, ...] = ()  # alert features that retrain (model.error, ...); all
+    retrain_settle_s: int = 0  # >0: wait this long after the alert, train on labels after it
     rollout_controller: bool = True  # with serve_registry: shift, promote, roll back canaries
     rollout_min_samples: int = 200  # labelled outcomes per arm before a decision on errors
     rollout_margin_pct: float = 2.0  # non-inferiority margin on the error rate, in points
@@ -145,11 +149,18 @@ class Settings:
             drift=_choice(env, "HEADRACE_DRIFT", "1", ("0", "1")) == "1",
             drift_threshold=_float(env, "HEADRACE_DRIFT_THRESHOLD", defaults.drift_threshold),
             drift_window=_int(env, "HEADRACE_DRIFT_WINDOW", defaults.drift_window, minimum=1),
+            explain_share=_share(env, "HEADRACE_EXPLAIN_SHARE", defaults.explain_share),
             retrain_on_drift=_choice(env, "HEADRACE_RETRAIN_ON_DRIFT", "0", ("0", "1")) == "1",
             retrain_every_s=_int(env, "HEADRACE_RETRAIN_EVERY_S", 0, minimum=0),
             retrain_cooldown_s=_int(
                 env, "HEADRACE_RETRAIN_COOLDOWN_S", defaults.retrain_cooldown_s, minimum=0
             ),
+            retrain_alerts=tuple(
+                name.strip()
+                for name in env.get("HEADRACE_RETRAIN_ALERTS", "").split(",")
+                if name.strip()
+            ),
+            retrain_settle_s=_int(env, "HEADRACE_RETRAIN_SETTLE_S", 0, minimum=0),
             rollout_controller=_choice(env, "HEADRACE_ROLLOUT_CONTROLLER", "1", ("0", "1")) == "1",
             rollout_min_samples=_int(
                 env, "HEADRACE_ROLLOUT_MIN_SAMPLES", defaults.rollout_min_samples, minimum=1
@@ -185,6 +196,19 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         raise SettingsError(f"{name} must be a number, got {text!r}") from None
     if not math.isfinite(value) or value <= 0:
         raise SettingsError(f"{name} must be a positive number, got {text!r}")
+    return value
+
+
+def _share(env: Mapping[str, str], name: str, default: float) -> float:
+    text = env.get(name)
+    if text is None or text == "":
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:  # NaN fails too
+        raise SettingsError(f"{name} must be between 0 and 1, got {text!r}")
     return value
 
 

@@ -35,6 +35,7 @@ outcomes = _bytes_topic(names.outcomes)
 review_queue = _bytes_topic(names.review_queue)
 drift_reports = _bytes_topic(names.drift_reports)
 alerts = _bytes_topic(names.alerts)
+explanations = _bytes_topic(names.explanations)  # keyed by request id, a sampled share
 # Predictions and labels are both keyed by request id and partitioned alike, so one
 # agent reading both sees every request's two sides on the same worker: the join.
 feedback = app.topic(
@@ -51,7 +52,7 @@ feedback = app.topic(
 
 async def declare_output_topics() -> None:
     """Create the topics the worker only writes to, before its first write to them."""
-    for topic in (outcomes, review_queue, drift_reports, alerts, labels):
+    for topic in (outcomes, review_queue, drift_reports, alerts, labels, explanations):
         await topic.maybe_declare()
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -300,3 +301,34 @@ def test_an_artifact_without_reference_rows_is_explained_against_the_training_me
     assert explained["base_value"] == pytest.approx(at_means, abs=1e-12)
     total = sum(explained["attributions"])
     assert total == pytest.approx(explained["probability"] - at_means, abs=1e-9)
+
+
+def test_the_share_setting_is_a_fraction() -> None:
+    from streams.settings import Settings, SettingsError
+
+    assert Settings.from_env({}).explain_share == 0.01
+    assert Settings.from_env({"HEADRACE_EXPLAIN_SHARE": "0"}).explain_share == 0.0
+    assert Settings.from_env({"HEADRACE_EXPLAIN_SHARE": "0.25"}).explain_share == 0.25
+    for bad in ("1.5", "-0.1", "nan", "some"):
+        with pytest.raises(SettingsError, match="HEADRACE_EXPLAIN_SHARE"):
+            Settings.from_env({"HEADRACE_EXPLAIN_SHARE": bad})
+
+
+def test_replay_reproduces_a_logged_explanation_and_notices_a_changed_one(
+    trained: tuple[LoadedModel, TrainingSet, Path],
+) -> None:
+    from headrace.replay import explanation_reproduced
+
+    model, data, _ = trained
+    record = record_of(data, 2_200)
+    (output,) = model_outputs(model, [record])
+    assert output is not None
+    decision = {"request_id": "e2200", **output}
+    logged = orjson.loads(
+        orjson.dumps(explain_prediction(model, record, decision, computed_at=1))
+    )  # as it crossed Kafka
+    assert explanation_reproduced(model, record, decision, logged)
+    changed = {**logged, "attributions": [*logged["attributions"][:-1], 0.5]}
+    assert not explanation_reproduced(model, record, decision, changed)
+    other = dataclasses.replace(model, version="v-other")  # another seed
+    assert not explanation_reproduced(other, record, decision, logged)

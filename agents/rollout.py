@@ -113,7 +113,7 @@ if fleet is not None and commands is not None and settings.rollout_controller:
             decision = (
                 decide(state, champion, canary, policy)
                 if state.canary is not None
-                else decide_shadow(state, champion, tracker.shadow_stats(), policy)
+                else decide_shadow(state, *tracker.shadow_stats(), policy)
             )
             if decision is None:
                 continue

@@ -144,8 +144,7 @@ def run_demo(*, count: int, rate: float, drift_at: float, keep_running: bool) ->
         generator = PaymentGenerator(
             MixSpec(
                 count=count + int(rate * EXTRA_S),
-                seed=plan.seed,
-                start_time_ms=plan.start_ms,
+                seed=plan.seed,  # event times as in v1's training data; another seed
             )
         )
         click.echo(

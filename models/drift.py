@@ -346,6 +346,10 @@ class DriftSignal:
     window: int  # values the test that fired looked at
     detections: int  # signals of this detector so far, this one included
     event_time_ms: int | None = None
+    # ADWIN's mean over its window before the value, and over what it kept after the cut
+    # (the recent side): a rise or a fall. None for the other detectors.
+    mean_before: float | None = None
+    mean_after: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -410,6 +414,7 @@ class _RiverDetector:
         if self.seen % self.every:
             return None
         window = self._window_with_next()
+        before = float(self._detector.estimation) if self.kind == "adwin" else None
         self._detector.update(value)
         self._since_reset += 1
         if not self._detector.drift_detected:
@@ -423,6 +428,8 @@ class _RiverDetector:
             window=window,
             detections=self.detections,
             event_time_ms=event_time_ms,
+            mean_before=before,
+            mean_after=float(self._detector.estimation) if before is not None else None,
         )
 
     def to_state(self) -> dict[str, Any]:

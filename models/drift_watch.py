@@ -15,7 +15,7 @@ it has fallen back under it: one alert per excursion, not one per report.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from models.artifact import ModelMetadata
@@ -134,7 +134,8 @@ class ServingDriftWatch:
 
 
 class LabelDriftWatch:
-    """ADWIN on each version's 0/1 error stream, from labelled outcomes."""
+    """ADWIN on each version's 0/1 error stream, from labelled outcomes: an alert when the
+    error rate rises (value: the recent rate, threshold: the rate before)."""
 
     def __init__(self) -> None:
         self.detectors: dict[str, ErrorDrift] = {}
@@ -145,7 +146,15 @@ class LabelDriftWatch:
         version = str(outcome["version"])
         detector = self.detectors.setdefault(version, ErrorDrift())
         signal = detector.update(bool(outcome["error"]), event_time_ms=outcome.get("event_time"))
-        return None if signal is None else _signal_alert(version, "model.error", signal)
+        if signal is None or (
+            # a fall in the error rate is good news, not an alarm
+            signal.mean_after is not None
+            and signal.mean_before is not None
+            and signal.mean_after <= signal.mean_before
+        ):
+            return None
+        alert = _signal_alert(version, "model.error", signal)
+        return replace(alert, value=signal.mean_after, threshold=signal.mean_before)
 
     def to_state(self) -> dict[str, Any]:
         return {version: d.to_state() for version, d in self.detectors.items()}

@@ -166,6 +166,7 @@ class ArmTracker:
         self._canary = _Arm()
         self._shadow_since = 0
         self._shadow = _Arm()
+        self._champion_shadowed = _Arm()  # the champion's outcomes since the shadow started
 
     def observe_state(self, state: ModelState) -> None:
         """Follow the model state; a new canary or a new step resets what it covers."""
@@ -177,9 +178,9 @@ class ArmTracker:
         elif state.canary_percent != before.canary_percent:
             self._canary_since = state.sequence
             self._canary = _Arm()
-        if before is None or state.shadow != before.shadow:
+        if before is None or state.shadow != before.shadow or state.champion != before.champion:
             self._shadow_since = state.sequence
-            self._shadow = _Arm()
+            self._shadow, self._champion_shadowed = _Arm(), _Arm()
 
     def add(self, outcome: Mapping[str, Any]) -> None:
         state = self._state
@@ -189,31 +190,36 @@ class ArmTracker:
         if outcome["route"] == "shadow":
             if version != state.shadow:
                 return
-            arm, since = self._shadow, self._shadow_since
+            _count(self._shadow, outcome, sequence >= self._shadow_since)
         elif version == state.canary and outcome["route"] == "canary":
-            arm, since = self._canary, self._canary_since
+            _count(self._canary, outcome, sequence >= self._canary_since)
         elif version == state.champion and outcome["route"] == "champion":
-            arm, since = self._champion, self._champion_since
-        else:
-            return
-        if sequence < since:
-            return
-        superseded = outcome.get("superseded_error")
-        if superseded is None:
-            arm.n += 1
-            if outcome.get("latency_ms") is not None:
-                arm.latencies.append(float(outcome["latency_ms"]))
-        elif superseded:
-            arm.errors -= 1
-        arm.errors += bool(outcome["error"])
+            _count(self._champion, outcome, sequence >= self._champion_since)
+            if state.shadow is not None:
+                _count(self._champion_shadowed, outcome, sequence >= self._shadow_since)
 
     def stats(self) -> tuple[ArmStats, ArmStats]:
         """(champion, canary)."""
         return self._champion.stats(), self._canary.stats()
 
-    def shadow_stats(self) -> ArmStats:
-        """The shadow's outcomes since it started (its own predictions, never served)."""
-        return self._shadow.stats()
+    def shadow_stats(self) -> tuple[ArmStats, ArmStats]:
+        """(champion, shadow), both since the shadow started: the shadow's own predictions
+        (never served) against the champion's over the same stretch of traffic."""
+        return self._champion_shadowed.stats(), self._shadow.stats()
+
+
+def _count(arm: _Arm, outcome: Mapping[str, Any], current: bool) -> None:
+    """Count one outcome in ``arm`` when it belongs to the arm's current stretch."""
+    if not current:
+        return
+    superseded = outcome.get("superseded_error")
+    if superseded is None:
+        arm.n += 1
+        if outcome.get("latency_ms") is not None:
+            arm.latencies.append(float(outcome["latency_ms"]))
+    elif superseded:
+        arm.errors -= 1
+    arm.errors += bool(outcome["error"])
 
 
 @dataclass

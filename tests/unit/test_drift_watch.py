@@ -68,3 +68,24 @@ def test_the_error_detector_flags_a_jump_in_the_error_rate_and_round_trips() -> 
     later = [a for o in outcomes[3_000:] if (a := restored.observe(o))]
     assert later
     assert later[0].feature == "model.error"
+
+
+def test_the_error_detector_alerts_on_a_rise_not_on_a_fall() -> None:
+    rng = np.random.default_rng(3)
+
+    def outcomes(rates: tuple[float, float]) -> list[dict[str, object]]:
+        errors = np.concatenate([rng.random(3_000) < rates[0], rng.random(3_000) < rates[1]])
+        return [
+            {"version": "v1", "route": "champion", "error": bool(e), "superseded_error": None}
+            for e in errors
+        ]
+
+    falling = LabelDriftWatch()
+    assert [a for o in outcomes((0.5, 0.05)) if (a := falling.observe(o))] == []
+    assert falling.detectors["v1"].detections > 0  # the detector saw the change
+    rising = LabelDriftWatch()
+    alerts = [a for o in outcomes((0.05, 0.5)) if (a := rising.observe(o))]
+    assert alerts
+    assert alerts[0].threshold is not None
+    assert alerts[0].value is not None
+    assert alerts[0].threshold < alerts[0].value

@@ -118,6 +118,19 @@ def test_arm_tracker_counts_each_arm_since_its_step() -> None:
     assert (canary.n, canary.errors) == (1, 0)  # the canary restarts at each step
 
 
+def test_a_shadow_is_compared_with_the_champion_over_the_same_stretch() -> None:
+    tracker = ArmTracker()
+    tracker.observe_state(ModelState("m", sequence=2, champion="v1"))
+    for _ in range(10):  # the champion was right before the shadow started
+        tracker.add(outcome("v1", "champion", error=False, sequence=2))
+    tracker.observe_state(ModelState("m", sequence=3, champion="v1", shadow="v2"))
+    tracker.add(outcome("v1", "champion", error=True, sequence=3))
+    tracker.add(outcome("v2", "shadow", error=False, sequence=3))
+    champion, shadow = tracker.shadow_stats()
+    assert (champion.n, champion.errors, shadow.n, shadow.errors) == (1, 1, 1, 0)
+    assert tracker.stats()[0].n == 11  # the champion's own arm keeps its history
+
+
 def test_arm_tracker_takes_back_a_superseded_error() -> None:
     tracker = ArmTracker()
     tracker.observe_state(ModelState("m", sequence=4, champion="v1", canary="v2", canary_percent=5))

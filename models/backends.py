@@ -10,6 +10,7 @@ same tolerance, TF32 off.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
@@ -75,6 +76,8 @@ class McDropoutBackend:
     passes are seeded by ``seed`` on every call, so the same batch gives the same output
     (a replay reproduces it). The conformal thresholds were fitted on the deterministic
     ensemble, so coverage is as measured for it; chosen by name only, never by default.
+    The train mode and the seeded generator are shared state: one call at a time (the
+    explainer calls from a thread of its own).
     """
 
     def __init__(
@@ -87,8 +90,13 @@ class McDropoutBackend:
         self._seed = seed
         self._device = torch.device(device)
         self._model = model.to(self._device)
+        self._lock = threading.Lock()
 
     def member_probs(self, features: np.ndarray) -> np.ndarray:
+        with self._lock:
+            return self._member_probs(features)
+
+    def _member_probs(self, features: np.ndarray) -> np.ndarray:
         x = torch.as_tensor(np.ascontiguousarray(features, dtype=np.float32), device=self._device)
         was_training = self._model.training
         devices = [self._device] if self._device.type == "cuda" else []

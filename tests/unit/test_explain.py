@@ -332,3 +332,24 @@ def test_replay_reproduces_a_logged_explanation_and_notices_a_changed_one(
     assert not explanation_reproduced(model, record, decision, changed)
     other = dataclasses.replace(model, version="v-other")  # another seed
     assert not explanation_reproduced(other, record, decision, logged)
+
+
+def test_a_seeded_dropout_backend_answers_alike_when_called_from_two_threads(
+    trained: tuple[LoadedModel, TrainingSet, Path],
+) -> None:
+    """The explainer calls the backend from its own thread while the scorer calls it from
+    the event loop: a backend with shared seeded state must not mix the two calls."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from models.backends import choose_backend
+
+    _, data, directory = trained
+    network, _ = load_model(directory)
+    backend = choose_backend(network, directory / ONNX_FILE_NAME, "torch-cpu-mc-dropout")
+    batches = [data.features[i : i + 300].astype(np.float32) for i in range(0, 1_200, 300)]
+    alone = [backend.member_probs(batch) for batch in batches]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for _ in range(3):
+            together = list(pool.map(backend.member_probs, batches))
+            for solo, shared in zip(alone, together, strict=True):
+                assert np.array_equal(solo, shared)

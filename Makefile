@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test lint unit integration bench infra-up infra-down infra-status system-deps clean
+.PHONY: demo test test-faults lint unit integration bench infra-up infra-down infra-status system-deps clean
 
 $(INSTALLED): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ demo: $(INSTALLED) system-deps
 
 test: lint system-deps
 	$(BIN)/python -m pytest
+
+# Fault and scale tests (worker SIGKILLed, broker restarted, second worker joining, hostile
+# input, a 15-minute soak; HEADRACE_SOAK_S shortens the soak). About 30 minutes in all.
+test-faults: $(INSTALLED) system-deps
+	$(BIN)/python -m pytest tests/faults
 
 unit: $(INSTALLED)
 	$(BIN)/python -m pytest tests/unit

@@ -235,6 +235,41 @@ def bench_scoring(as_json: bool, events: int, agent: bool) -> None:
 
 
 @bench_group.command(
+    "e2e", help="One worker end to end: max throughput, latency at 1k and 5k/s, vs a plain loop."
+)
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object as the last line")
+@click.option("--drain-events", type=click.IntRange(min=5_000), default=60_000, show_default=True)
+@click.option("--paced-s", type=click.FloatRange(min=5), default=15.0, show_default=True)
+@click.option(
+    "--with-downstream", is_flag=True, help="also drain with the feedback and drift agents on"
+)
+@click.option(
+    "--profile",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="write a py-spy flame graph (SVG) of the draining worker here",
+)
+def bench_e2e(
+    as_json: bool, drain_events: int, paced_s: float, with_downstream: bool, profile: Path | None
+) -> None:
+    from bench.e2e import E2eConfig, e2e_figures
+
+    config = E2eConfig(
+        drain_events=drain_events,
+        paced_s=paced_s,
+        with_downstream=with_downstream,
+        profile_path=profile,
+    )
+    try:
+        result = e2e_figures(Settings.from_env().spec_path, config)
+    except infra.InfraError as error:
+        _fail(str(error), code=1)
+    if not as_json:
+        for key, value in result.items():
+            click.echo(f"{key:<34} {value}")
+    click.echo(json.dumps(result))
+
+
+@bench_group.command(
     "drift", help="Drift on River's SEA stream: detection delay, false alarms, coverage."
 )
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object as the last line")
@@ -424,9 +459,17 @@ def model_register(directory: Path, reason: str) -> None:
     default=None,
     help="labels of events this recent; default: all",
 )
+@click.option(
+    "--since-ms",
+    type=click.IntRange(min=0),
+    default=None,
+    help="labels of events at or after this event time (epoch ms); with --window-hours: both",
+)
 @click.option("--shadow-fraction", type=float, default=1.0, show_default=True, help="in (0, 1]")
 @click.option("--min-rows", type=click.IntRange(min=10), default=500, show_default=True)
-def model_retrain(window_hours: float | None, shadow_fraction: float, min_rows: int) -> None:
+def model_retrain(
+    window_hours: float | None, since_ms: int | None, shadow_fraction: float, min_rows: int
+) -> None:
     _check_share("--shadow-fraction", shadow_fraction, 1.0)
 
     async def work(settings: Settings) -> int:
@@ -437,6 +480,7 @@ def model_retrain(window_hours: float | None, shadow_fraction: float, min_rows: 
                 settings,
                 _commands(settings),
                 window_ms=None if window_hours is None else int(window_hours * 3_600_000),
+                since_ms=since_ms,
                 shadow_fraction=shadow_fraction,
                 min_rows=min_rows,
                 now_ms=int(datetime.now(UTC).timestamp() * 1000),
@@ -794,14 +838,25 @@ def _replay_state_text(state: Mapping[str, Any]) -> str:
     )
 
 
-@click.command("demo", help="Start the infrastructure and a worker, stream payments, summarise.")
-@click.option("--count", type=click.IntRange(min=100), default=5_000, show_default=True)
-@click.option("--rate", type=click.FloatRange(min=0), default=2_000.0, show_default=True)
-def demo_command(count: int, rate: float) -> None:
+@click.command(
+    "demo",
+    help="Servers, v1, a worker; payments with a concept drift: detect, retrain, roll out.",
+)
+@click.option("--count", type=click.IntRange(min=1_000), default=30_000, show_default=True)
+@click.option("--rate", type=click.FloatRange(min=10, max=5_000), default=200.0, show_default=True)
+@click.option(
+    "--drift-at",
+    type=click.FloatRange(min=0.05, max=0.9),
+    default=0.3,
+    show_default=True,
+    help="where in the stream the fraud pattern changes",
+)
+@click.option("--keep-running", is_flag=True, help="keep the worker and dashboard up afterwards")
+def demo_command(count: int, rate: float, drift_at: float, keep_running: bool) -> None:
     from headrace.demo import run_demo
 
     try:
-        code = run_demo(count=count, rate=rate)
+        code = run_demo(count=count, rate=rate, drift_at=drift_at, keep_running=keep_running)
     except infra.InfraError as error:
         _fail(str(error), code=1)
     sys.exit(code)

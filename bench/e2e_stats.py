@@ -1,0 +1,95 @@
+"""The arithmetic of ``headrace bench e2e``: percentiles, steady rates, matched latencies.
+
+Pure functions over plain numbers, so the figures can be checked without a broker.
+Times are integer milliseconds since the epoch (Kafka timestamps and the producer's
+clock on the same machine).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+
+def percentile(samples: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0..100), linearly interpolated between closest ranks
+    (numpy's default method)."""
+    if not samples:
+        raise ValueError("no samples")
+    if not 0.0 <= q <= 100.0:
+        raise ValueError(f"q must be within 0..100, got {q}")
+    ordered = sorted(samples)
+    position = (len(ordered) - 1) * q / 100.0
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def steady_rate(times_ms: Iterable[int], trim: float = 0.2) -> float:
+    """Outputs per second over the middle of a run: from the output at the ``trim``
+    quantile to the one at ``1 - trim``, so start-up and the tail are left out."""
+    if not 0.0 <= trim < 0.5:
+        raise ValueError(f"trim must be within 0..0.5, got {trim}")
+    ordered = sorted(times_ms)
+    if len(ordered) < 2:
+        return 0.0
+    first = int(len(ordered) * trim)
+    last = max(len(ordered) - 1 - first, first + 1)
+    span_ms = ordered[last] - ordered[first]
+    if span_ms <= 0:
+        return 0.0
+    return (last - first) * 1000.0 / span_ms
+
+
+@dataclass(frozen=True)
+class LatencySummary:
+    matched: int  # outputs matched to a send inside the measured window
+    sent: int  # sends inside the measured window
+    p50_ms: float | None
+    p99_ms: float | None
+    max_ms: float | None
+    achieved_per_s: float  # matched outputs per second of the window's span
+
+    @property
+    def delivered_fraction(self) -> float:
+        return self.matched / self.sent if self.sent else 0.0
+
+
+def latency_summary(
+    sent_ms: Mapping[str, int],
+    out_ms: Mapping[str, int],
+    *,
+    from_ms: int,
+    to_ms: int,
+) -> LatencySummary:
+    """End-to-end latency of the sends made within ``[from_ms, to_ms)`` (the warm-up left
+    out): output time minus send time, matched by id. A send with no output is counted
+    in ``sent`` only, so ``delivered_fraction`` shows what the percentiles leave out."""
+    window = [(key, at) for key, at in sent_ms.items() if from_ms <= at < to_ms]
+    latencies = [out_ms[key] - at for key, at in window if key in out_ms]
+    if not latencies:
+        return LatencySummary(0, len(window), None, None, None, 0.0)
+    outputs = [out_ms[key] for key, _ in window if key in out_ms]
+    span_ms = max(max(outputs) - min(outputs), 1)
+    return LatencySummary(
+        matched=len(latencies),
+        sent=len(window),
+        p50_ms=round(percentile(latencies, 50), 1),
+        p99_ms=round(percentile(latencies, 99), 1),
+        max_ms=float(max(latencies)),
+        achieved_per_s=round(len(latencies) * 1000.0 / span_ms, 1),
+    )
+
+
+def due_count(elapsed_s: float, rate: float, total: int) -> int:
+    """How many sends a paced producer should have made ``elapsed_s`` into its run."""
+    if elapsed_s <= 0:
+        return 0
+    return min(total, int(elapsed_s * rate) + 1)
+
+
+def cpu_seconds(stat_line: str, ticks_per_s: int) -> float:
+    """User plus system CPU time of a process from its ``/proc/<pid>/stat`` line."""
+    fields = stat_line.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / ticks_per_s

@@ -29,7 +29,7 @@ log = structlog.get_logger(__name__)
 
 CHECKPOINTS = settings.data_dir / settings.app_id / "drift"
 _serving: dict[str, ServingDriftWatch] = {}
-_labels = LabelDriftWatch()
+_labels = LabelDriftWatch(min_rise=settings.drift_error_min_rise)
 
 
 def _save(path: Path, state: Mapping[str, Any]) -> None:

@@ -346,8 +346,8 @@ class DriftSignal:
     window: int  # values the test that fired looked at
     detections: int  # signals of this detector so far, this one included
     event_time_ms: int | None = None
-    # ADWIN's mean over its window before the value, and over what it kept after the cut
-    # (the recent side): a rise or a fall. None for the other detectors.
+    # ADWIN's mean over the part of its window it dropped (the older side) and over the
+    # part it kept (the recent side): a rise or a fall. None for the other detectors.
     mean_before: float | None = None
     mean_after: float | None = None
 
@@ -383,6 +383,16 @@ _DETECTORS: dict[str, Callable[..., Any]] = {
 RIVER_VERSION = importlib.metadata.version("river")
 
 
+def _adwin_sides(detector: Any, total: float, width: int) -> dict[str, float | None]:
+    """The means of what ADWIN dropped and of what it kept, from the window's sum before
+    the cut (``total`` over ``width`` values, the new one included)."""
+    kept = int(detector.width)
+    kept_mean = float(detector.estimation)
+    dropped = width - kept
+    before = (total - kept_mean * kept) / dropped if dropped > 0 else None
+    return {"mean_before": before, "mean_after": kept_mean}
+
+
 class _RiverDetector:
     """One River detector on one stream, fed every ``every``-th value offered."""
 
@@ -414,7 +424,8 @@ class _RiverDetector:
         if self.seen % self.every:
             return None
         window = self._window_with_next()
-        before = float(self._detector.estimation) if self.kind == "adwin" else None
+        adwin = self.kind == "adwin"
+        total = float(self._detector.estimation) * self._detector.width if adwin else 0.0
         self._detector.update(value)
         self._since_reset += 1
         if not self._detector.drift_detected:
@@ -428,8 +439,7 @@ class _RiverDetector:
             window=window,
             detections=self.detections,
             event_time_ms=event_time_ms,
-            mean_before=before,
-            mean_after=float(self._detector.estimation) if before is not None else None,
+            **(_adwin_sides(self._detector, total + value, window) if adwin else {}),
         )
 
     def to_state(self) -> dict[str, Any]:

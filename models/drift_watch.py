@@ -135,10 +135,13 @@ class ServingDriftWatch:
 
 class LabelDriftWatch:
     """ADWIN on each version's 0/1 error stream, from labelled outcomes: an alert when the
-    error rate rises (value: the recent rate, threshold: the rate before)."""
+    error rate rises by ``min_rise`` or more (value: the recent rate, threshold: the rate
+    before). A fall is good news; a rise smaller than ``min_rise`` (a feature window
+    filling up, a slow change of the traffic mix) is real but not worth a retraining."""
 
-    def __init__(self) -> None:
+    def __init__(self, min_rise: float = 0.05) -> None:
         self.detectors: dict[str, ErrorDrift] = {}
+        self.min_rise = min_rise
 
     def observe(self, outcome: Mapping[str, Any]) -> DriftAlert | None:
         if outcome.get("route") == "shadow" or outcome.get("superseded_error") is not None:
@@ -147,10 +150,9 @@ class LabelDriftWatch:
         detector = self.detectors.setdefault(version, ErrorDrift())
         signal = detector.update(bool(outcome["error"]), event_time_ms=outcome.get("event_time"))
         if signal is None or (
-            # a fall in the error rate is good news, not an alarm
             signal.mean_after is not None
             and signal.mean_before is not None
-            and signal.mean_after <= signal.mean_before
+            and signal.mean_after - signal.mean_before < self.min_rise
         ):
             return None
         alert = _signal_alert(version, "model.error", signal)

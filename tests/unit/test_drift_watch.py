@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import orjson
+import pytest
 
 from models.artifact import Histogram, ModelMetadata
 from models.drift_watch import LabelDriftWatch, ServingDriftWatch
@@ -71,9 +72,8 @@ def test_the_error_detector_flags_a_jump_in_the_error_rate_and_round_trips() -> 
 
 
 def test_the_error_detector_alerts_on_a_rise_not_on_a_fall() -> None:
-    rng = np.random.default_rng(3)
-
     def outcomes(rates: tuple[float, float]) -> list[dict[str, object]]:
+        rng = np.random.default_rng(3)
         errors = np.concatenate([rng.random(3_000) < rates[0], rng.random(3_000) < rates[1]])
         return [
             {"version": "v1", "route": "champion", "error": bool(e), "superseded_error": None}
@@ -89,3 +89,8 @@ def test_the_error_detector_alerts_on_a_rise_not_on_a_fall() -> None:
     assert alerts[0].threshold is not None
     assert alerts[0].value is not None
     assert alerts[0].threshold < alerts[0].value
+    assert alerts[0].threshold == pytest.approx(0.05, abs=0.01)  # the old side's rate
+    slight = LabelDriftWatch(min_rise=0.05)
+    slight_alerts = [slight.observe(o) for o in outcomes((0.05, 0.09))]
+    assert slight.detectors["v1"].detections > 0
+    assert not any(slight_alerts)

@@ -73,6 +73,7 @@ class Settings:
     drift: bool = True  # with scoring: PSI/KL and River detectors against the references
     drift_threshold: float = 0.1  # PSI above this raises an alert
     drift_window: int = 5_000  # the latest decisions a drift report covers
+    drift_error_min_rise: float = 0.05  # the least rise of the error rate that alerts
     explain_share: float = 0.01  # share of decisions explained (Shapley values); 0: none
     retrain_on_drift: bool = False  # retrain when the champion drifts (registry mode)
     retrain_every_s: int = 0  # retrain on this period too; 0: never
@@ -149,6 +150,9 @@ class Settings:
             drift=_choice(env, "HEADRACE_DRIFT", "1", ("0", "1")) == "1",
             drift_threshold=_float(env, "HEADRACE_DRIFT_THRESHOLD", defaults.drift_threshold),
             drift_window=_int(env, "HEADRACE_DRIFT_WINDOW", defaults.drift_window, minimum=1),
+            drift_error_min_rise=_float(
+                env, "HEADRACE_DRIFT_ERROR_MIN_RISE", defaults.drift_error_min_rise
+            ),
             explain_share=_share(env, "HEADRACE_EXPLAIN_SHARE", defaults.explain_share),
             retrain_on_drift=_choice(env, "HEADRACE_RETRAIN_ON_DRIFT", "0", ("0", "1")) == "1",
             retrain_every_s=_int(env, "HEADRACE_RETRAIN_EVERY_S", 0, minimum=0),

@@ -24,6 +24,7 @@ import orjson
 import structlog
 
 from agents.lifecycle import fleet
+from models.lifecycle import ModelState
 from streams import topics
 from streams.app import app, settings
 
@@ -53,9 +54,12 @@ async def run_retrain(reason: str, *, since_ms: int | None = None) -> int | None
     return code
 
 
-def retrains(alert: dict[str, Any], champion: str | None) -> bool:
-    """Whether an alert asks for a retraining: on the champion, of a chosen feature."""
-    if champion is None or alert.get("version") != champion:
+def retrains(alert: dict[str, Any], state: ModelState | None) -> bool:
+    """Whether an alert asks for a retraining: on the champion, of a chosen feature, while
+    no candidate is in shadow or canary already."""
+    if state is None or state.champion is None or alert.get("version") != state.champion:
+        return False
+    if state.shadow is not None or state.canary is not None:
         return False
     return not settings.retrain_alerts or alert.get("feature") in settings.retrain_alerts
 
@@ -64,7 +68,7 @@ async def on_alerts(stream: Any) -> None:
     async for value in stream:
         alert = orjson.loads(value)
         serving = fleet.current if fleet is not None else None
-        if not retrains(alert, None if serving is None else serving.routing.champion):
+        if not retrains(alert, None if serving is None else serving.state):
             continue
         reason = f"drift alert: {alert['feature']} {alert['statistic']}"
         since_ms = alert.get("event_time_ms") if settings.retrain_settle_s else None

@@ -110,6 +110,7 @@ def test_a_sampled_share_of_decisions_is_explained_and_replay_shows_it(
     request_id = min(sampled)
     text = CliRunner().invoke(replay_command, ["--request-id", request_id], env=isolated.env)
     assert text.exit_code == 0, text.output
+    print(text.stdout)
     explanation = explanations[request_id]
     top = max(
         zip(explanation["feature_names"], explanation["attributions"], strict=True),

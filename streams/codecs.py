@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import math
 from typing import Any
@@ -99,27 +100,38 @@ def decode_envelope(data: bytes) -> Envelope:
     )
 
 
+# A dead letter keeps at most this much of the original message: base64 makes it a third
+# larger, and a letter over the producer's request limit (1 MB by default) could not be sent
+# at all. A longer original is cut, and the letter says so with its size and SHA-256; the
+# whole message stays on the source topic at the offset the letter names.
+DEAD_LETTER_ORIGINAL_MAX = 64 * 1024
+
+
 def encode_rejection(
     outcome: Rejected,
     original: bytes,
     source: SourcePosition,
     rejected_at_ms: int,
 ) -> bytes:
-    return orjson.dumps(
-        {
-            "reason": outcome.reason.value,
-            "detail": outcome.detail,
-            "event_id": outcome.event_id,
-            "entity_id": outcome.entity_id,
-            "source": {
-                "topic": source.topic,
-                "partition": source.partition,
-                "offset": source.offset,
-            },
-            "rejected_at": rejected_at_ms,
-            "original_b64": base64.b64encode(original).decode("ascii"),
+    kept = original[:DEAD_LETTER_ORIGINAL_MAX]
+    record: dict[str, Any] = {
+        "reason": outcome.reason.value,
+        "detail": outcome.detail,
+        "event_id": outcome.event_id,
+        "entity_id": outcome.entity_id,
+        "source": {
+            "topic": source.topic,
+            "partition": source.partition,
+            "offset": source.offset,
         },
-    )
+        "rejected_at": rejected_at_ms,
+        "original_b64": base64.b64encode(kept).decode("ascii"),
+    }
+    if len(kept) < len(original):
+        record["original_truncated"] = True
+        record["original_size"] = len(original)
+        record["original_sha256"] = hashlib.sha256(original).hexdigest()
+    return orjson.dumps(record)
 
 
 def decode_rejection(data: bytes) -> dict[str, Any]:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 
 import orjson
 
-from streams.codecs import decode_rejection, encode_rejection
-from streams.envelope import Rejected, SourcePosition
+from streams.codecs import DEAD_LETTER_ORIGINAL_MAX, decode_rejection, encode_rejection
+from streams.envelope import Reason, Rejected, SourcePosition
 from streams.hostile import HUGE_MAX_BYTES, HUGE_MIN_BYTES, KINDS, hostile_messages
 from streams.pipeline import ValidationPipeline
 from streams.spec import DomainSpec
@@ -39,9 +40,25 @@ def test_every_hostile_message_is_rejected_with_a_reason(payments_spec: DomainSp
         assert isinstance(outcome, Rejected), (message.kind, message.variant, message.value[:200])
         assert outcome.detail, message.variant
         letter = encode_rejection(outcome, message.value, SourcePosition("raw", 0, offset), 1)
+        assert len(letter) < 100_000
         decoded = decode_rejection(letter)
-        assert decoded["original"] == message.value
+        assert decoded["original"] == message.value[:DEAD_LETTER_ORIGINAL_MAX]
         assert orjson.loads(letter)["reason"] == outcome.reason.value
         reasons[outcome.reason.value] += 1
     # the kinds reach many different checks, not one early exit
     assert len(reasons) >= 7, reasons
+
+
+def test_a_dead_letter_keeps_a_long_original_cut_with_its_size_and_digest() -> None:
+    original = bytes(range(256)) * 4_000  # 1,024,000 bytes: over Kafka's default limit
+    source = SourcePosition("raw", 2, 7)
+    letter = encode_rejection(Rejected(Reason.OVERSIZED, "too long"), original, source, 1)
+    assert len(letter) < 100_000
+    decoded = decode_rejection(letter)
+    assert decoded["original"] == original[:DEAD_LETTER_ORIGINAL_MAX]
+    assert decoded["original_truncated"] is True
+    assert decoded["original_size"] == len(original)
+    assert decoded["original_sha256"] == hashlib.sha256(original).hexdigest()
+    short = decode_rejection(encode_rejection(Rejected(Reason.NOT_JSON, "x"), b"{", source, 1))
+    assert short["original"] == b"{"
+    assert "original_truncated" not in short

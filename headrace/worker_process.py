@@ -58,11 +58,13 @@ class WorkerProcess:
     loglevel: str = "warn"
     with_web: bool = False
     process: subprocess.Popen[bytes] | None = None
+    log_offset: int = 0  # where this run's output begins in the (appended) log file
     _log: IO[bytes] | None = field(default=None, repr=False)
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("ab")
+        self.log_offset = self._log.tell()
         self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
             [
                 sys.executable,
@@ -119,6 +121,15 @@ class WorkerProcess:
         if self.process is None or not self.alive:
             raise RuntimeError("the worker is not running")
         return process_rss_bytes(self.process.pid)
+
+    def log_since_start(self) -> bytes:
+        """What this run of the worker has written to its log so far."""
+        try:
+            with self.log_path.open("rb") as handle:
+                handle.seek(self.log_offset)
+                return handle.read()
+        except OSError:
+            return b""
 
     def log_tail(self, lines: int = 40) -> str:
         try:

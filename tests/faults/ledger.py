@@ -23,6 +23,7 @@ from typing import Any, Self
 import orjson
 from aiokafka import AIOKafkaConsumer
 
+from headrace.worker_process import WorkerProcess
 from streams.settings import Settings
 from streams.synthetic import VALID, SyntheticMessage
 from tests.integration.conftest import ARTIFACTS
@@ -30,6 +31,20 @@ from tests.integration.conftest import ARTIFACTS
 REPORTS = ARTIFACTS / "faults"
 PROBE_KEY = b"probe"
 EVENT_ID = re.compile(rb'"event_id":\s*"([^"]+)"')
+
+
+def healthy(*workers: WorkerProcess) -> Callable[[], bool]:
+    """A check for ``Follower.until``: every worker runs and no agent of theirs crashed (Faust
+    logs ``Crashed reason=...`` and carries on without the agent, so a process check alone
+    would wait out the timeout)."""
+
+    def check() -> bool:
+        for worker in workers:
+            if not worker.alive or b"Crashed reason=" in worker.log_since_start():
+                return False
+        return True
+
+    return check
 
 
 def write_report(name: str, figures: dict[str, Any]) -> Path:
@@ -86,6 +101,10 @@ class Ledger:
     last_output_ms: int | None = None
     output_times_ms: list[int] = field(default_factory=list)
     first_by_worker_ms: dict[str, int] = field(default_factory=dict)
+    last_by_worker_ms: dict[str, int] = field(default_factory=dict)
+    keep_originals: bool = False  # keep what each dead letter says of its original
+    # position -> (the bytes kept, the original's size, its SHA-256 when the letter cut it)
+    originals: dict[tuple[int, int], tuple[bytes, int, str | None]] = field(default_factory=dict)
 
     def add(self, topic: str, key: bytes | None, value: bytes, timestamp_ms: int) -> None:
         names = self.settings.topics
@@ -116,14 +135,19 @@ class Ledger:
             self.by_worker[worker] += 1
         if worker not in self.first_by_worker_ms:
             self.first_by_worker_ms[worker] = timestamp_ms
+        self.last_by_worker_ms[worker] = max(timestamp_ms, self.last_by_worker_ms.get(worker, 0))
 
     def _add_letter(self, key: bytes | None, letter: dict[str, Any]) -> None:
         self.rejection_records += 1
         source = letter["source"]
         position = (int(source["partition"]), int(source["offset"]))
         event_id = letter.get("event_id")
+        original = base64.b64decode(letter["original_b64"])
+        if self.keep_originals:
+            size = int(letter.get("original_size", len(original)))
+            self.originals.setdefault(position, (original, size, letter.get("original_sha256")))
         if not event_id:
-            found = EVENT_ID.search(base64.b64decode(letter["original_b64"]))
+            found = EVENT_ID.search(original)
             event_id = found.group(1).decode("utf-8", "replace") if found else None
         entry = (event_id, str(letter["reason"]), str(letter["detail"]), key)
         earlier = self.letters.get(position)
@@ -257,7 +281,7 @@ class Follower:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{what} did not hold within {timeout_s:.0f} s")
             if alive is not None and not alive():
-                raise RuntimeError(f"a worker died while waiting for {what}")
+                raise RuntimeError(f"a worker died or an agent crashed while waiting for {what}")
             await self.poll()
         return time.monotonic() - started
 

@@ -17,7 +17,7 @@ import pytest
 from headrace import scenario
 from headrace.kafka_io import produce
 from streams.synthetic import MixSpec, PaymentGenerator
-from tests.faults.ledger import Expected, Follower, write_report
+from tests.faults.ledger import Expected, Follower, healthy, write_report
 from tests.integration.conftest import IsolatedRun
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
@@ -50,7 +50,7 @@ def test_sigkill_mid_stream_every_event_is_accounted_for(scoring: IsolatedRun) -
             await follower.until(
                 lambda ledger: ledger.outputs >= KILL_AFTER_OUTPUTS,
                 timeout_s=300,
-                alive=lambda: first.alive,
+                alive=healthy(first),
                 what=f"{KILL_AFTER_OUTPUTS} outputs",
             )
             first.kill()
@@ -63,7 +63,7 @@ def test_sigkill_mid_stream_every_event_is_accounted_for(scoring: IsolatedRun) -
             await follower.until(
                 lambda ledger: ledger.complete(expected),
                 timeout_s=600,
-                alive=lambda: second.alive,
+                alive=healthy(second),
                 what="every event accounted for",
             )
             await follower.settle()

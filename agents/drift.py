@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from models.drift_watch import DriftAlert, LabelDriftWatch, ServingDriftWatch
 from models.fleet import ServingSet
 from streams import topics
 from streams.app import settings
+from streams.metrics import METRICS
 
 log = structlog.get_logger(__name__)
 
@@ -68,6 +70,7 @@ def _watch(version: str, serving: ServingSet) -> ServingDriftWatch | None:
 
 async def _alert(alert: DriftAlert) -> None:
     log.warning("drift.alert", **alert.to_dict())
+    METRICS.alert(alert.to_dict(), int(time.time() * 1000))
     await topics.alerts.send(key=alert.version.encode(), value=orjson.dumps(alert.to_dict()))
 
 
@@ -92,6 +95,7 @@ async def watch_chunk(
         )
         for report in reports:
             value = {**report.to_dict(), "version": version}
+            METRICS.drift_report(version, report.feature, report.statistic, report.value)
             await topics.drift_reports.send(key=report.feature.encode(), value=orjson.dumps(value))
         for alert in alerts:
             await _alert(alert)

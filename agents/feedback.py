@@ -25,6 +25,7 @@ from streams import topics
 from streams.app import app, settings
 from streams.codecs import encode_rejection
 from streams.envelope import Reason, Rejected, SourcePosition
+from streams.metrics import METRICS
 
 log = structlog.get_logger(__name__)
 
@@ -50,6 +51,7 @@ async def feedback(stream: Any) -> None:
                 )
                 continue
             key = label["request_id"]
+            METRICS.label(key)
             entry, outcomes = join_label(joins.get(key), label, now_ms)
         else:
             prediction = orjson.loads(event.value)
@@ -59,9 +61,11 @@ async def feedback(stream: Any) -> None:
                 await topics.review_queue.send(
                     key=item["request_id"].encode(), value=orjson.dumps(item)
                 )
+                METRICS.review_queued(item["request_id"])
         joins[key] = entry
         for outcome in outcomes:
             await topics.outcomes.send(key=outcome["model"].encode(), value=orjson.dumps(outcome))
+            METRICS.outcome(outcome)
         seen += 1
         if seen % SWEEP_EVERY == 0:
             stale = [k for k, v in joins.items() if expired(v, now_ms, JOIN_TTL_MS)]
@@ -74,6 +78,7 @@ async def release_review_slot() -> None:
     """Close a review slot on time even when no prediction arrives to close it."""
     for item in review.poll(int(time.time() * 1000)):
         await topics.review_queue.send(key=item["request_id"].encode(), value=orjson.dumps(item))
+        METRICS.review_queued(item["request_id"])
 
 
 if fleet is not None and settings.feedback:

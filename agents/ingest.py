@@ -22,6 +22,7 @@ from streams import topics
 from streams.app import app, settings
 from streams.codecs import encode_features, encode_rejection, encode_valid
 from streams.envelope import Accepted, SourcePosition
+from streams.metrics import METRICS
 from streams.pipeline import ValidationPipeline
 from streams.spec import load_spec
 
@@ -73,15 +74,19 @@ async def ingest(stream: Any) -> None:
         if _needs_rebuild:
             _rebuild()
             _needs_rebuild = False
+        began = time.perf_counter()
         message = event.message
         partition = message.partition
-        source = SourcePosition(message.topic, partition, message.offset)
+        source = SourcePosition(
+            message.topic, partition, message.offset, int(message.timestamp * 1000)
+        )
         outcome = pipeline.process(event.value, partition, message.offset)
         if not isinstance(outcome, Accepted):
             await topics.rejected.send(
                 key=event.key,
                 value=encode_rejection(outcome, event.value, source, int(time.time() * 1000)),
             )
+            METRICS.ingest_rejected(outcome.reason.value, time.perf_counter() - began)
             continue
         if outcome.features is None:  # a domain without [features]
             await topics.valid.send(key=event.key, value=encode_valid(outcome))
@@ -91,6 +96,7 @@ async def ingest(stream: Any) -> None:
                 latest_features[outcome.envelope.entity_id] = (
                     outcome.features.row.to_json().decode()
                 )
+        METRICS.ingest_accepted(time.perf_counter() - began)
         if outcome.redelivered:
             continue
         count = since_checkpoint.get(partition, 0) + 1

@@ -29,6 +29,7 @@ from models.router import ModelRouter
 from models.scoring import LoadedModel, conformal_for, model_version
 from models.serving import ChunkScorer
 from streams.app import app, settings
+from streams.metrics import METRICS
 
 if TYPE_CHECKING:
     from headrace.lifecycle_commands import LifecycleCommands
@@ -131,8 +132,9 @@ elif settings.serve_registry:
                                 "lifecycle.undecodable", offset=record.offset, error=str(error)
                             )
                             continue
-                        if event.model == settings.model_name:
-                            changed |= router.apply(event)
+                        if event.model == settings.model_name and router.apply(event):
+                            METRICS.model_event(event)
+                            changed = True
                 if changed:
                     await following.sync(router.state(settings.model_name))
         finally:

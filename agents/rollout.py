@@ -33,6 +33,7 @@ from models.online_metrics import OnlineMetrics
 from models.rollout import RolloutPolicy, decide, decide_shadow
 from streams import topics
 from streams.app import app, settings
+from streams.metrics import METRICS
 
 log = structlog.get_logger(__name__)
 
@@ -100,11 +101,9 @@ if fleet is not None and commands is not None and settings.rollout_controller:
                     outcome["version"], outcome["route"], probabilities[-1], outcome["label"]
                 )
             if seen % CHECKPOINT_EVERY == 0:
-                snapshot = {
-                    "kind": "online_metrics",
-                    "outcomes": seen,
-                    "metrics": metrics.snapshot(),
-                }
+                online = metrics.snapshot()
+                METRICS.online_metrics(online)
+                snapshot = {"kind": "online_metrics", "outcomes": seen, "metrics": online}
                 await topics.drift_reports.send(key=b"online_metrics", value=orjson.dumps(snapshot))
             slots = (state.champion, state.canary, state.canary_percent, state.shadow)
             if decided_on == slots or (state.canary is None and state.shadow is None):

@@ -34,6 +34,7 @@ from agents.lifecycle import WORKER, fleet
 from models.fleet import ServingSet
 from streams import topics
 from streams.app import app, settings
+from streams.metrics import METRICS
 
 log = structlog.get_logger(__name__)
 
@@ -109,9 +110,11 @@ if fleet is not None:
             serving = serving_fleet.current
             if serving is None:  # pragma: no cover - ready is set only with a serving set
                 raise RuntimeError("the fleet is ready without a serving set")
+            began = time.perf_counter()
             predictions = await score_routed(
                 serving, records, deadlines, now_ms=int(time.time() * 1000)
             )
+            scoring_s = time.perf_counter() - began
             if settings.drift:
                 await watch_chunk(serving, records, predictions)
             if settings.explain_share > 0:  # queued for agents.explain; never waits
@@ -128,3 +131,6 @@ if fleet is not None:
                     None,
                     None,
                 )
+            METRICS.scored_chunk(
+                records, predictions, seconds=scoring_s, sent_ms=int(time.time() * 1000)
+            )

@@ -162,6 +162,8 @@ def encode_features(outcome: Accepted, source: SourcePosition) -> bytes:
         "source": {"topic": source.topic, "partition": source.partition, "offset": source.offset},
         "redelivered": featured.redelivered,
     }
+    if source.timestamp_ms is not None:  # the raw event's arrival, for end-to-end latency
+        record["source"]["timestamp_ms"] = source.timestamp_ms
     if outcome.original_version != envelope.schema_version:
         record["upcast_from"] = outcome.original_version
     return orjson.dumps(record)

@@ -74,3 +74,4 @@ class SourcePosition:
     topic: str
     partition: int
     offset: int
+    timestamp_ms: int | None = None  # the message's Kafka timestamp, when known

@@ -54,6 +54,7 @@ class Settings:
     store: str = "rocksdb://"
     data_dir: Path = REPO_ROOT / ".headrace" / "worker"
     web_port: int = 6066
+    web_bind: str = "127.0.0.1"  # the web server's address; 0.0.0.0 in a container
     partitions: int = 4
     spec_path: Path = DEFAULT_SPEC
     topics: TopicNames = field(default_factory=TopicNames)
@@ -126,6 +127,7 @@ class Settings:
             store=env.get("HEADRACE_STORE", defaults.store),
             data_dir=Path(env.get("HEADRACE_DATA_DIR", str(defaults.data_dir))),
             web_port=_int(env, "HEADRACE_WEB_PORT", defaults.web_port, minimum=1),
+            web_bind=env.get("HEADRACE_WEB_BIND") or defaults.web_bind,
             partitions=_int(env, "HEADRACE_PARTITIONS", defaults.partitions, minimum=1),
             spec_path=Path(env.get("HEADRACE_SPEC", str(defaults.spec_path))),
             topics=TopicNames().prefixed(prefix),

@@ -11,11 +11,13 @@ $(INSTALLED): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
 	@touch $@
 
-# Java and Maven assemble and run Kafka; redis-server comes from Debian's packages.
+# Java and Maven assemble and run Kafka; redis-server and chromium (the dashboard test's
+# headless browser) come from Debian's packages.
 system-deps:
 	@command -v java >/dev/null || { echo "java not found: install OpenJDK 17 (apt-get install -y openjdk-17-jre-headless)" >&2; exit 1; }
 	@command -v mvn >/dev/null || { echo "mvn not found: install Maven (apt-get install -y maven)" >&2; exit 1; }
 	@command -v redis-server >/dev/null || deploy/install-redis.sh
+	@command -v chromium >/dev/null || deploy/install-chromium.sh
 
 demo: $(INSTALLED) system-deps
 	$(BIN)/headrace demo

@@ -101,8 +101,11 @@ async def collect_outputs(
     )
 
 
-def start_worker(env: dict[str, str], log_dir: Path, name: str = "worker") -> WorkerProcess:
-    worker = WorkerProcess(env=env, log_path=log_dir / f"{name}.log")
+def start_worker(
+    env: dict[str, str], log_dir: Path, name: str = "worker", *, with_web: bool = False
+) -> WorkerProcess:
+    """A worker child process; ``with_web`` serves /metrics and /dashboard/ on its web port."""
+    worker = WorkerProcess(env=env, log_path=log_dir / f"{name}.log", with_web=with_web)
     worker.start()
     return worker
 

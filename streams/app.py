@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import faust
 import structlog
+from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from streams.settings import Settings
 
@@ -16,6 +18,24 @@ structlog.configure(
     processors=[structlog.processors.KeyValueRenderer(key_order=["event"])],
     cache_logger_on_first_use=True,
 )
+
+# faust builds its consumer with fetch_max_wait_ms=1500 and no setting to change it. The
+# consumer keeps one fetch in flight per broker and sends none while any partition on
+# that broker still holds fetched records, so a fetch parked on a quiet partition (the
+# features topic, waiting for ingest) holds back events.raw for up to 1.5 s: at a steady
+# 500 events/s the worker sat at a third of a core while its lag grew by seconds. A short
+# wait keeps every partition's records flowing; an idle worker polls 50 times a second.
+FETCH_MAX_WAIT_MS = 20
+_create_worker_consumer = faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer  # noqa: SLF001
+
+
+def _worker_consumer(thread: Any, transport: Any) -> Any:
+    consumer = _create_worker_consumer(thread, transport)
+    consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # noqa: SLF001 - read when it starts
+    return consumer
+
+
+faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer = _worker_consumer  # type: ignore[method-assign,assignment]  # noqa: SLF001
 
 settings = Settings.from_env()
 settings.data_dir.mkdir(parents=True, exist_ok=True)

@@ -238,7 +238,7 @@ def bench_scoring(as_json: bool, events: int, agent: bool) -> None:
     "e2e", help="One worker end to end: max throughput, latency at 1k and 5k/s, vs a plain loop."
 )
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object as the last line")
-@click.option("--drain-events", type=click.IntRange(min=5_000), default=60_000, show_default=True)
+@click.option("--drain-events", type=click.IntRange(min=5_000), default=40_000, show_default=True)
 @click.option("--paced-s", type=click.FloatRange(min=5), default=15.0, show_default=True)
 @click.option(
     "--with-downstream", is_flag=True, help="also drain with the feedback and drift agents on"

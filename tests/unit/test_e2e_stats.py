@@ -37,6 +37,13 @@ def test_steady_rate_leaves_out_start_and_tail() -> None:
     assert steady_rate(times, trim=0.0) < 900.0
 
 
+def test_steady_rate_is_a_window_in_time_not_in_count() -> None:
+    # Bursts: 500 outputs within 50 ms, then 950 ms of nothing, twenty times over. The
+    # sustained rate is 500/s; the middle outputs alone sit inside bursts at 10,000/s.
+    times = [second * 1_000 + i // 10 for second in range(20) for i in range(500)]
+    assert steady_rate(times, trim=0.2) == pytest.approx(500.0, rel=0.1)
+
+
 def test_steady_rate_of_too_little() -> None:
     assert steady_rate([]) == 0.0
     assert steady_rate([5]) == 0.0

@@ -23,6 +23,9 @@ EntityState = dict[str, Any]
 DISTINCT_SUFFIX = "#distinct"
 
 
+RATIO_EPSILON = 1e-9  # |denominator| at or below this: no ratio
+
+
 def new_state(partition: int) -> EntityState:
     return {"p": partition, "off": -1, "lt": None, "pt": None, "pv": {}, "w": {}}
 
@@ -156,8 +159,12 @@ def features_of(
     for ratio in spec.ratios:
         numerator = _number(payload.get(ratio.numerator))
         denominator = values.get(ratio.denominator)
+        # A denominator within rounding of zero (a mean of +x and -x) has no ratio.
+        usable = denominator is not None and abs(denominator) > RATIO_EPSILON
         values[ratio.name] = (
-            numerator / denominator if numerator is not None and denominator else None
+            numerator / denominator
+            if numerator is not None and denominator is not None and usable
+            else None
         )
     return values
 

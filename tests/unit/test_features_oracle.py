@@ -112,7 +112,9 @@ def oracle(spec: FeatureSpec, events: list[Event]) -> list[dict[str, float | Non
                         }[op]
         mean = values["amount_mean_w30"]
         values["amount_over_mean_w30"] = (
-            values["amount"] / mean if values["amount"] is not None and mean else None
+            values["amount"] / mean
+            if values["amount"] is not None and mean is not None and abs(mean) > 1e-9
+            else None
         )
         results.append(values)
         accepted.append((entity, t, payload))

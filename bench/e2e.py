@@ -31,6 +31,7 @@ model path in the worker and in the baseline alike (no fast-path answers).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -43,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from bench.e2e_baseline import baseline_drain
 from bench.e2e_stats import (
@@ -84,6 +86,20 @@ class E2eConfig:
     profile_path: Path | None = None  # py-spy of the draining worker: SVG, or .txt folded stacks
 
 
+async def delete_topics(bootstrap: str, marker: str) -> int:
+    """Delete every topic whose name holds ``marker`` (a run's id): thousands of idle
+    partitions left behind slow a single broker down for the runs after."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        names = [name for name in await admin.list_topics() if marker in name]
+        if names:
+            await admin.delete_topics(names)
+    finally:
+        await admin.close()
+    return len(names)
+
+
 def say(message: str) -> None:
     print(f"[bench e2e] {message}", file=sys.stderr, flush=True)
 
@@ -104,8 +120,11 @@ def train(spec_path: Path, directory: Path) -> Path:
     return directory
 
 
+RUN_MARKER = f"bench-e2e-{uuid.uuid4().hex[:6]}"  # in every topic of this process's runs
+
+
 def worker_env(scratch: Path, model_dir: Path, *, downstream: bool) -> dict[str, str]:
-    env = isolated_env(scratch, name=f"bench-e2e-{uuid.uuid4().hex[:8]}")
+    env = isolated_env(scratch, name=f"{RUN_MARKER}-{uuid.uuid4().hex[:6]}")
     env.update(
         HEADRACE_MODEL_DIR=str(model_dir),
         HEADRACE_BACKEND=BACKEND,
@@ -416,7 +435,14 @@ def e2e_figures(spec_path: Path, config: E2eConfig) -> dict[str, Any]:
     infra.up(infra.default_state_dir())  # idempotent: reuses what runs
     began = time.monotonic()
     paced_total = sum(int(rate * config.paced_s) for rate in config.rates)
-    with tempfile.TemporaryDirectory(prefix="headrace-bench-e2e-") as scratch_name:
+    bootstrap = Settings.from_env().bootstrap_servers
+    with (
+        tempfile.TemporaryDirectory(prefix="headrace-bench-e2e-") as scratch_name,
+        contextlib.ExitStack() as cleanup,
+    ):
+        cleanup.callback(
+            lambda: say(f"deleted {asyncio.run(delete_topics(bootstrap, RUN_MARKER))} topics")
+        )
         scratch = Path(scratch_name)
         say("training the model")
         model_dir = train(spec_path, scratch / "model")

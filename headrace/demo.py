@@ -292,19 +292,25 @@ async def _watch(  # noqa: PLR0913, PLR0917 - the run's context and where to rep
     )
     await consumer.start()
     alerted: set[tuple[str, str]] = set()
+    inputs: set[str] = set()  # features with a PSI alert: one line when the count grows
     try:
         while not stop.is_set():
             batch = await consumer.getmany(timeout_ms=1_000)
+            shifted = len(inputs)
             for messages in batch.values():
                 for message in messages:
                     alert = orjson.loads(message.value or b"{}")
                     key = (str(alert.get("feature")), str(alert.get("statistic")))
-                    if key not in alerted:  # the first alert of each kind
+                    if key[1] == "psi":
+                        inputs.add(key[0])
+                    elif key not in alerted:  # the first alert of each kind
                         alerted.add(key)
-                        progress.say(
-                            f"  alert: {key[0]} {key[1]} on {alert.get('version')} "
-                            f"(value {alert.get('value')}, window {alert.get('window')})"
-                        )
+                        progress.say(f"  alert: {demo_report.alert_text(alert)}")
+            if len(inputs) > shifted:
+                progress.say(
+                    f"  alert: PSI over the threshold on {len(inputs)} inputs so far "
+                    "(the stream's windows against v1's training data)"
+                )
             events = [logged.event for logged in await read_log(settings)]
             for event in events[shown:]:
                 progress.say("  " + demo_report.timeline_line(event, start_ms))
@@ -374,8 +380,8 @@ def _summary(  # noqa: PLR0913, PLR0917 - what the run produced and how it ended
     alerts = asyncio.run(read_topic(settings.bootstrap_servers, settings.topics.alerts))
     counts = demo_report.alert_counts(orjson.loads(r.value) for r in alerts)
     click.echo(f"drift alerts: {sum(counts.values())}")
-    for (version, feature, statistic), n in sorted(counts.items()):
-        click.echo(f"  {n:>4} x {feature} {statistic} on {version}")
+    for line in demo_report.alert_summary(counts):
+        click.echo(f"  {line}")
 
     outcomes = asyncio.run(read_topic(settings.bootstrap_servers, settings.topics.outcomes))
     rates = demo_report.error_rates(

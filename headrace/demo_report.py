@@ -81,6 +81,30 @@ def alert_counts(alerts: Iterable[Mapping[str, Any]]) -> Counter[tuple[str, str,
     )
 
 
+def alert_text(alert: Mapping[str, Any]) -> str:
+    """One alert in a line: what moved, on which version, by how much."""
+    text = f"{alert.get('feature')} {alert.get('statistic')} on {alert.get('version')}"
+    value, threshold = alert.get("value"), alert.get("threshold")
+    if alert.get("feature") == "model.error" and value is not None and threshold is not None:
+        return f"{text}: error rate {threshold:.1%} -> {value:.1%}"
+    if value is not None:
+        return f"{text}: {value:.3g}" + ("" if threshold is None else f" > {threshold:.3g}")
+    return f"{text} (window {alert.get('window')})"
+
+
+def alert_summary(counts: Counter[tuple[str, str, str]]) -> list[str]:
+    """Alerts per version and statistic; PSI ones name their inputs, most frequent first."""
+    grouped: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
+    for (version, feature, statistic), n in counts.items():
+        grouped[version, statistic][feature] += n
+    lines = []
+    for (version, statistic), features in sorted(grouped.items()):
+        named = ", ".join(name for name, _ in features.most_common(4))
+        more = f" and {len(features) - 4} more" if len(features) > 4 else ""
+        lines.append(f"{sum(features.values()):>4} x {statistic} on {version}: {named}{more}")
+    return lines
+
+
 def timeline_line(event: ModelEvent, start_ms: int) -> str:
     """One lifecycle event as the demo prints it: seconds since the start, kind, details."""
     data = event.data

@@ -7,6 +7,8 @@ import pytest
 
 from headrace.demo_report import (
     alert_counts,
+    alert_summary,
+    alert_text,
     decisions_by_version,
     end_to_end_latency,
     error_rates,
@@ -113,4 +115,13 @@ def test_the_rollout_ends_with_a_new_champion_or_a_rollback() -> None:
 
 def test_alerts_are_counted_by_version_feature_and_statistic() -> None:
     alerts = [{"version": "v1", "feature": "model.error", "statistic": "adwin"}] * 2
-    assert alert_counts(alerts) == {("v1", "model.error", "adwin"): 2}
+    alerts += [{"version": "v1", "feature": f"f{i}", "statistic": "psi"} for i in range(6)]
+    counts = alert_counts(alerts)
+    assert counts[("v1", "model.error", "adwin")] == 2
+    assert alert_summary(counts) == [
+        "   2 x adwin on v1: model.error",
+        "   6 x psi on v1: f0, f1, f2, f3 and 2 more",
+    ]
+    error = {"version": "v1", "feature": "model.error", "statistic": "adwin"}
+    assert alert_text({**error, "value": 0.4, "threshold": 0.15}).endswith("15.0% -> 40.0%")
+    assert alert_text({**error, "value": None, "window": 9}).endswith("(window 9)")

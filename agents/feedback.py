@@ -22,7 +22,7 @@ from agents.lifecycle import fleet
 from models.feedback import expired, join_label, join_prediction, parse_label
 from models.review import ReviewSelector
 from streams import topics
-from streams.app import app, settings
+from streams.app import app, settings, table_options
 from streams.codecs import encode_rejection
 from streams.envelope import Reason, Rejected, SourcePosition
 from streams.metrics import METRICS
@@ -33,7 +33,9 @@ JOIN_TTL_MS = 7 * 24 * 3_600_000
 SWEEP_EVERY = 10_000
 
 review = ReviewSelector()
-joins = app.Table("feedback-joins", key_type=str, partitions=settings.partitions)
+joins = app.Table(
+    "feedback-joins", key_type=str, partitions=settings.partitions, options=table_options()
+)
 
 
 async def feedback(stream: Any) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 
 from streams import topics
-from streams.app import app, settings
+from streams.app import app, settings, table_options
 from streams.codecs import encode_features, encode_rejection, encode_valid
 from streams.envelope import Accepted, SourcePosition
 from streams.metrics import METRICS
@@ -31,21 +31,27 @@ log = structlog.get_logger(__name__)
 SCREEN_CHECKPOINT_EVERY = 1_000
 
 spec = load_spec(settings.spec_path)
-seen_ids = app.Table("ingest-seen-ids", key_type=str, partitions=settings.partitions)
+seen_ids = app.Table(
+    "ingest-seen-ids", key_type=str, partitions=settings.partitions, options=table_options()
+)
 # Outlier statistics per "<partition>:<schema>", base64 text (the changelog is JSON).
 screen_state = app.Table(
     "ingest-screen-state",
     key_type=str,
     value_type=str,
     partitions=settings.partitions,
+    options=table_options(),
 )
-entity_states = app.Table("ingest-entity-states", key_type=str, partitions=settings.partitions)
+entity_states = app.Table(
+    "ingest-entity-states", key_type=str, partitions=settings.partitions, options=table_options()
+)
 # The latest feature row per entity, served by the worker when no Redis is configured.
 latest_features = app.Table(
     "ingest-latest-features",
     key_type=str,
     value_type=str,
     partitions=settings.partitions,
+    options=table_options(),
 )
 pipeline = ValidationPipeline(spec, seen_ids, entity_states)
 _needs_rebuild = True

@@ -37,7 +37,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-CACHE_ENTRIES = 100_000
+# Repeated feature vectors (retries, replays) are recent: 10,000 entries (about 15 MB).
+CACHE_ENTRIES = 10_000
 POLL_MS = 200
 WORKER = f"{socket.gethostname()}:{os.getpid()}:{settings.app_id}"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 from typing import Any
 
@@ -37,6 +38,26 @@ def _worker_consumer(thread: Any, transport: Any) -> Any:
 
 faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer = _worker_consumer  # type: ignore[method-assign,assignment]  # noqa: SLF001
 
+
+def limit_malloc_arenas(arenas: int = 2) -> bool:
+    """Cap glibc's malloc arenas (as ``MALLOC_ARENA_MAX`` would) before threads start.
+
+    A worker allocates from its event loop, aiokafka's and RocksDB's threads, ONNX
+    Runtime's pool and the explainer's thread. glibc gives threads arenas of their own
+    (up to eight per core) and rarely returns their memory: in a 240 s soak the worker's
+    RSS grew by about 1 MB/s with the default and 0.2 MB/s with two arenas. False where
+    the C library is not glibc.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(M_ARENA_MAX, arenas))
+    except (OSError, AttributeError):
+        return False
+
+
+M_ARENA_MAX = -8  # glibc's mallopt parameter number
+limit_malloc_arenas()
+
 settings = Settings.from_env()
 settings.data_dir.mkdir(parents=True, exist_ok=True)
 
@@ -63,6 +84,24 @@ app = faust.App(
     producer_linger_ms=5,
     stream_buffer_maxsize=8_192,
 )
+
+MIB = 1024 * 1024
+
+
+def table_options() -> dict[str, int]:
+    """RocksDB options for each table partition (``app.Table(..., options=...)``).
+
+    faust's defaults are sized for one big table: 64 MiB write buffers, up to three of
+    them, and a 2 GiB block cache, per partition. A worker has a dozen partitions of
+    small, hot tables, so its memory grew by about 6 KB an event until memtables
+    flushed, gigabytes later. These keep each partition to a few MiB; the tables are
+    read through faust's own key index and the entity's state is small.
+    """
+    return {
+        "write_buffer_size": 2 * MIB,
+        "max_write_buffer_number": 2,
+        "block_cache_size": 4 * MIB,
+    }
 
 
 async def restore_root_log_level() -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import faust
 import structlog
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.transport.producer import ProducerBuffer
 
 from streams.settings import Settings
 
@@ -37,6 +38,13 @@ def _worker_consumer(thread: Any, transport: Any) -> Any:
 
 
 faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer = _worker_consumer  # type: ignore[method-assign,assignment]  # noqa: SLF001
+
+
+# Table writes queue their changelog records in faust's ProducerBuffer; past 100 queued
+# records the stream pauses until 100 are handed to the producer, one wait at a time.
+# Ingest writes two table keys an event, so the worker paused every 50 events.
+CHANGELOG_BUFFER_MESSAGES = 5_000
+ProducerBuffer.max_messages = CHANGELOG_BUFFER_MESSAGES
 
 
 def limit_malloc_arenas(arenas: int = 2) -> bool:

@@ -350,6 +350,7 @@ class DriftSignal:
     # part it kept (the recent side): a rise or a fall. None for the other detectors.
     mean_before: float | None = None
     mean_after: float | None = None
+    mean_window: float | None = None  # ADWIN's mean over its whole window before the cut
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -390,7 +391,7 @@ def _adwin_sides(detector: Any, total: float, width: int) -> dict[str, float | N
     kept_mean = float(detector.estimation)
     dropped = width - kept
     before = (total - kept_mean * kept) / dropped if dropped > 0 else None
-    return {"mean_before": before, "mean_after": kept_mean}
+    return {"mean_before": before, "mean_after": kept_mean, "mean_window": total / width}
 
 
 class _RiverDetector:

@@ -15,7 +15,7 @@ it has fallen back under it: one alert per excursion, not one per report.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from models.artifact import ModelMetadata
@@ -133,33 +133,82 @@ class ServingDriftWatch:
         self.alerting = set(state["alerting"])
 
 
+CONFIRM_OUTCOMES = 500  # outcomes after a detected rise that confirm it, or not
+
+
 class LabelDriftWatch:
     """ADWIN on each version's 0/1 error stream, from labelled outcomes: an alert when the
-    error rate rises by ``min_rise`` or more (value: the recent rate, threshold: the rate
-    before). A fall is good news; a rise smaller than ``min_rise`` (a feature window
-    filling up, a slow change of the traffic mix) is real but not worth a retraining."""
+    error rate has risen by ``min_rise`` or more.
+
+    When ADWIN cuts its window on a rise, its whole window's mean gives the error rate
+    before the change. What it kept still holds many older outcomes (it cuts as soon as it can
+    tell), so the rise is confirmed on the outcomes that follow: once at least
+    ``CONFIRM_MIN`` of them have an error rate ``min_rise`` above the rate before, the
+    alert goes out (value: that rate, threshold: the rate before, event time: the
+    detection's); an unconfirmed rise is let go after ``CONFIRM_MAX``. A fall is good
+    news; a small rise (feature windows filling up, a slow change of the traffic mix) is
+    real but not worth a retraining.
+    """
 
     def __init__(self, min_rise: float = 0.05) -> None:
         self.detectors: dict[str, ErrorDrift] = {}
         self.min_rise = min_rise
+        self.pending: dict[str, dict[str, Any]] = {}  # per version: a rise to confirm
 
     def observe(self, outcome: Mapping[str, Any]) -> DriftAlert | None:
         if outcome.get("route") == "shadow" or outcome.get("superseded_error") is not None:
             return None
         version = str(outcome["version"])
+        error = bool(outcome["error"])
         detector = self.detectors.setdefault(version, ErrorDrift())
-        signal = detector.update(bool(outcome["error"]), event_time_ms=outcome.get("event_time"))
-        if signal is None or (
-            signal.mean_after is not None
+        signal = detector.update(error, event_time_ms=outcome.get("event_time"))
+        if (
+            signal is not None
+            and signal.mean_after is not None
             and signal.mean_before is not None
-            and signal.mean_after - signal.mean_before < self.min_rise
+            and signal.mean_after > signal.mean_before
+            and version not in self.pending
         ):
+            # The rate before: the whole window's mean, not the dropped side's (ADWIN cuts
+            # where the sides differ most, so the dropped side's mean is biased low).
+            before = signal.mean_window if signal.mean_window is not None else signal.mean_before
+            self.pending[version] = {
+                "before": before,
+                "window": signal.window,
+                "event_time_ms": signal.event_time_ms,
+                "n": 0,
+                "errors": 0,
+            }
             return None
-        alert = _signal_alert(version, "model.error", signal)
-        return replace(alert, value=signal.mean_after, threshold=signal.mean_before)
+        rise = self.pending.get(version)
+        if rise is None:
+            return None
+        rise["n"] += 1
+        rise["errors"] += int(error)
+        rate = rise["errors"] / rise["n"]
+        if rise["n"] < CONFIRM_OUTCOMES:
+            return None
+        del self.pending[version]  # one look at the rate: confirmed or let go
+        if rate - rise["before"] >= self.min_rise:
+            return DriftAlert(
+                version,
+                "model.error",
+                "adwin",
+                rate,
+                rise["before"],
+                int(rise["window"]),
+                rise["event_time_ms"],
+            )
+        return None
 
     def to_state(self) -> dict[str, Any]:
-        return {version: d.to_state() for version, d in self.detectors.items()}
+        return {
+            "detectors": {version: d.to_state() for version, d in self.detectors.items()},
+            "pending": self.pending,
+        }
 
     def load_state(self, state: Mapping[str, Any]) -> None:
-        self.detectors = {version: ErrorDrift.from_state(s) for version, s in state.items()}
+        self.detectors = {
+            version: ErrorDrift.from_state(s) for version, s in state["detectors"].items()
+        }
+        self.pending = {version: dict(rise) for version, rise in state["pending"].items()}

@@ -32,16 +32,23 @@ log = structlog.get_logger(__name__)
 
 RETRY_AFTER_S = 20.0  # after a retraining that failed
 _last_started: float | None = None
+_retry_at: float | None = None  # after a failed run: when the next alert may retry
 
 
 async def run_retrain(reason: str, *, since_ms: int | None = None) -> int | None:
     """Start ``headrace model retrain`` unless one ran within the cooldown; with
     ``since_ms``, on the labels of events at or after that time only."""
-    global _last_started  # noqa: PLW0603 - one cooldown shared by the alert agent and the timer
+    global _last_started, _retry_at  # noqa: PLW0603 - shared by the alert agent and the timer
     now = time.monotonic()
-    if _last_started is not None and now - _last_started < settings.retrain_cooldown_s:
+    if _retry_at is not None:
+        # The last run failed (too few labels, say): this alert's reason still holds, so
+        # it waits for the retry instead of being dropped; an alert that comes once per
+        # excursion would otherwise never be acted on.
+        await asyncio.sleep(max(_retry_at - now, 0.0))
+        _retry_at = None
+    elif _last_started is not None and now - _last_started < settings.retrain_cooldown_s:
         return None
-    _last_started = now
+    _last_started = time.monotonic()
     log.info("retrain.started", reason=reason, since_ms=since_ms)
     window = [] if since_ms is None else ["--since-ms", str(since_ms)]
     process = await asyncio.create_subprocess_exec(
@@ -50,7 +57,7 @@ async def run_retrain(reason: str, *, since_ms: int | None = None) -> int | None
     code = await process.wait()
     log.info("retrain.finished", reason=reason, exit_code=code)
     if code != 0:  # e.g. too few labels yet: try again soon, not after a whole cooldown
-        _last_started = time.monotonic() - settings.retrain_cooldown_s + RETRY_AFTER_S
+        _retry_at = time.monotonic() + RETRY_AFTER_S
     return code
 
 

@@ -55,7 +55,7 @@ from bench.e2e_stats import (
     steady_rate,
 )
 from headrace import infra, scenario
-from headrace.kafka_io import produce
+from headrace.kafka_io import collect, produce
 from headrace.worker_process import WorkerProcess, isolated_env
 from models.dataset import demo_training_set
 from models.train_model import train_model
@@ -240,6 +240,7 @@ def _start_profile(pid: int, path: Path, seconds: float) -> subprocess.Popen[byt
             "-r",
             "100",
             "--nonblocking",
+            "--gil",  # the worker is bound by its GIL: a thread waiting for it costs nothing
             "--format",
             "raw" if path.suffix == ".txt" else "flamegraph",
         ],
@@ -261,6 +262,7 @@ def throughput_phase(  # noqa: PLR0913 - the phase's inputs, then two switches
     figures: dict[str, Any] = {}
     if baseline:
         figures.update(_baseline(config, scratch, model_dir, batch))
+        figures.update(_floor(config, scratch, model_dir, batch))
     env = worker_env(scratch, model_dir, downstream=downstream)
     settings = Settings.from_env({**os.environ, **env})
     asyncio.run(scenario.prepare_topics(settings))
@@ -315,11 +317,64 @@ def _baseline(
     }
 
 
+FLOOR_PROBE = b"floor-probe"
+
+
+def _floor(
+    config: E2eConfig, scratch: Path, model_dir: Path, batch: list[Payment]
+) -> dict[str, Any]:
+    """Drain ``batch`` through faust alone (``bench.faust_floor``): a fresh worker's
+    settings, one agent forwarding each message, nothing else."""
+    env = worker_env(scratch, model_dir, downstream=False)
+    settings = Settings.from_env({**os.environ, **env})
+    asyncio.run(scenario.prepare_topics(settings))
+    worker = WorkerProcess(
+        env=env, log_path=scratch / "floor.log", module="bench.faust_floor", with_web=False
+    )
+    worker.start()
+    try:
+        asyncio.run(_wait_forwarding(settings, worker))
+        say("faust floor forwarding")
+        drained = asyncio.run(_drain(config, settings, worker, batch, profile=False))
+    finally:
+        worker.stop()
+    rate = drained["worker_drain_events_per_s"]
+    return {
+        "faust_floor_events_per_s": rate,
+        "faust_floor_cpu_us_per_event": drained["worker_cpu_us_per_event"],
+    }
+
+
+async def _wait_forwarding(
+    settings: Settings, worker: WorkerProcess, timeout_s: float = 120.0
+) -> None:
+    """Send one probe through the floor app and wait for it on the other side."""
+    await produce(settings.bootstrap_servers, settings.topics.raw, [(FLOOR_PROBE, b"{}")])
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not worker.alive:
+            raise RuntimeError(f"faust floor exited early:\n{worker.log_tail()}")
+        if await collect(
+            settings.bootstrap_servers,
+            [settings.topics.predictions],
+            until=lambda got: len(got) > 0,
+            timeout_s=5.0,
+        ):
+            return
+    raise TimeoutError(f"faust floor did not forward within {timeout_s} s")
+
+
 async def _drain(
-    config: E2eConfig, settings: Settings, worker: WorkerProcess, batch: list[Payment]
+    config: E2eConfig,
+    settings: Settings,
+    worker: WorkerProcess,
+    batch: list[Payment],
+    *,
+    profile: bool = True,
 ) -> dict[str, Any]:
     """Produce ``batch`` flat out to a ready worker and collect its predictions: the
-    backlog builds within a second or two, so the steady middle is the worker's drain."""
+    backlog builds within a second or two, so the steady middle is the worker's drain.
+    The collector reads from the start, so output written before (a probe) counts too."""
     count = len(batch)
     collector = PredictionCollector(
         settings.bootstrap_servers, settings.topics.predictions, settings.partitions
@@ -328,7 +383,9 @@ async def _drain(
     assert worker.process is not None  # noqa: S101 - started by the caller
     pid = worker.process.pid
     profiler = (
-        _start_profile(pid, config.profile_path, 20) if config.profile_path is not None else None
+        _start_profile(pid, config.profile_path, 20)
+        if profile and config.profile_path is not None
+        else None
     )
     cpu_from = process_cpu_s(pid)
     try:
@@ -338,7 +395,7 @@ async def _drain(
         say(f"produced {count:,} payments; the worker drains them")
         started = time.monotonic()
         last_report = started
-        while len(collector.created_ms) < count:
+        while len(collector.created_ms) < count:  # a probe's output counts as one
             if time.monotonic() - started > config.drain_timeout_s:
                 say(f"drain timed out after {config.drain_timeout_s:.0f} s")
                 break
@@ -457,6 +514,11 @@ def e2e_figures(spec_path: Path, config: E2eConfig) -> dict[str, Any]:
         }
         result["ratio_to_baseline"] = (
             round(result["max_events_per_s"] / result["baseline_events_per_s"], 3)
+            if result["baseline_events_per_s"]
+            else None
+        )
+        result["floor_ratio_to_baseline"] = (
+            round(result["faust_floor_events_per_s"] / result["baseline_events_per_s"], 3)
             if result["baseline_events_per_s"]
             else None
         )

@@ -57,6 +57,7 @@ class WorkerProcess:
     log_path: Path
     loglevel: str = "warn"
     with_web: bool = False
+    module: str = "headrace"  # run as ``python -m <module> worker``: a faust app's CLI
     process: subprocess.Popen[bytes] | None = None
     log_offset: int = 0  # where this run's output begins in the (appended) log file
     _log: IO[bytes] | None = field(default=None, repr=False)
@@ -69,7 +70,7 @@ class WorkerProcess:
             [
                 sys.executable,
                 "-m",
-                "headrace",
+                self.module,
                 "worker",
                 "-l",
                 self.loglevel,

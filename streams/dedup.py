@@ -17,6 +17,8 @@ from collections.abc import Iterable, MutableMapping
 ACCEPTED = 0
 REJECTED_LATE = 1
 REJECTED_OUTLIER = 2
+# Not stored: what ``recall`` says of an id accepted before from another message.
+DUPLICATE = -1
 
 
 class Deduplicator:
@@ -48,22 +50,27 @@ class Deduplicator:
     def __len__(self) -> int:
         return len(self._expiry)
 
-    def is_duplicate(self, event_id: str, offset: int | None = None) -> bool:
-        """Whether the id was accepted before from another message.
-
-        The same id at the same ``offset`` is the same message read again after a restart
-        (at-least-once redelivery), not a duplicate: downstream state decides whether it
-        was already counted.
-        """
+    def recall(self, event_id: str, offset: int | None = None) -> int | None:
+        """What was decided before for this id, in one lookup: ``DUPLICATE`` when it was
+        accepted from another message; the rejection code when this very message (same
+        ``offset``) was rejected before a restart; None for a new id or a redelivery of an
+        accepted message (at-least-once after a restart: downstream state decides whether
+        it was already counted)."""
         stored = self._store.get(self._prefix + event_id)
-        return stored is not None and len(stored) == 2 and (offset is None or stored[1] != offset)
+        if stored is None:
+            return None
+        if len(stored) == 2:  # [event_time, offset]: accepted
+            return DUPLICATE if offset is None or stored[1] != offset else None
+        return stored[2] if offset is not None and stored[1] == offset else None
+
+    def is_duplicate(self, event_id: str, offset: int | None = None) -> bool:
+        """Whether the id was accepted before from another message."""
+        return self.recall(event_id, offset) == DUPLICATE
 
     def rejected_before(self, event_id: str, offset: int) -> int | None:
         """The rejection code of this very message before a restart, if it was rejected."""
-        stored = self._store.get(self._prefix + event_id)
-        if stored is None or stored[1] != offset or len(stored) < 3:
-            return None
-        return stored[2]
+        code = self.recall(event_id, offset)
+        return None if code == DUPLICATE else code
 
     def remember(
         self,

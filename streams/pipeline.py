@@ -17,6 +17,7 @@ from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass, field
 
 from streams.dedup import (
+    DUPLICATE,
     REJECTED_LATE,
     REJECTED_OUTLIER,
     Deduplicator,
@@ -119,28 +120,26 @@ class ValidationPipeline:
         dedup = self._dedups.get(partition)
         if dedup is None:
             dedup = self.dedup_for(partition)
-        if dedup.is_duplicate(envelope.event_id, offset if offset >= 0 else None):
+        recalled = dedup.recall(envelope.event_id, offset if offset >= 0 else None)
+        if recalled == DUPLICATE:
             return Rejected(
                 Reason.DUPLICATE,
                 f"event_id seen within the last {self.spec.dedup_horizon_ms} ms",
                 envelope.event_id,
                 envelope.entity_id,
             )
-        featurizer = self.featurizer
-        rejected_before = dedup.rejected_before(envelope.event_id, offset) if offset >= 0 else None
-        if rejected_before is not None:
-            reason = Reason.LATE if rejected_before == REJECTED_LATE else Reason.OUTLIER
+        if recalled is not None:
+            reason = Reason.LATE if recalled == REJECTED_LATE else Reason.OUTLIER
             return Rejected(
                 reason,
                 f"rejected as {reason} before a restart",
                 envelope.event_id,
                 envelope.entity_id,
             )
-        redelivered = featurizer is not None and featurizer.is_redelivery(
-            envelope.entity_id, offset
-        )
-        if redelivered and featurizer is not None:
-            featured = featurizer.process(envelope, partition, offset)
+        featurizer = self.featurizer
+        state = featurizer.state_of(envelope.entity_id) if featurizer is not None else None
+        if featurizer is not None and state is not None and state["off"] >= offset:
+            featured = featurizer.process(envelope, partition, offset, state)
             return outcome._replace(features=featured, redelivered=True)
         if featurizer is not None:
             late = featurizer.late_detail(partition, envelope.event_time)
@@ -163,7 +162,7 @@ class ValidationPipeline:
         dedup.remember(envelope.event_id, envelope.event_time, offset)
         if featurizer is None:
             return outcome
-        featured = featurizer.process(envelope, partition, offset)
+        featured = featurizer.process(envelope, partition, offset, state)
         return outcome._replace(features=featured)
 
     def partition_states(self, partition: int) -> dict[str, bytes]:

@@ -41,6 +41,13 @@ class Late(NamedTuple):
     detail: str
 
 
+class Unread:
+    """The entity's state was not read by the caller."""
+
+
+UNREAD = Unread()
+
+
 class Featurizer:
     expire_every = 1_000  # events per partition between sweeps of idle entities
 
@@ -66,14 +73,24 @@ class Featurizer:
             f"{watermark}; grace is {self.spec.grace_ms} ms"
         )
 
-    def is_redelivery(self, entity_id: str, offset: int) -> bool:
-        state = self._states.get(entity_id)
-        return state is not None and state["off"] >= offset
+    def state_of(self, entity_id: str) -> EntityState | None:
+        """The entity's stored state: a caller that needs it before ``process`` reads it
+        once and passes it in (each read is a RocksDB get and a decode in the worker)."""
+        return self._states.get(entity_id)
 
-    def process(self, envelope: Envelope, partition: int, offset: int) -> Featured | Late:
+    def process(
+        self,
+        envelope: Envelope,
+        partition: int,
+        offset: int,
+        state: EntityState | Unread | None = UNREAD,
+    ) -> Featured | Late:
+        """Fold the event into its entity's state; ``state`` as read by ``state_of``
+        just before, or read here."""
         entity_id, event_id = envelope.entity_id, envelope.event_id
         event_time, payload = envelope.event_time, envelope.payload
-        state = self._states.get(entity_id)
+        if isinstance(state, Unread):
+            state = self._states.get(entity_id)
         if state is not None and state["off"] >= offset:
             previous = (state["pt"], state["pv"])
             values = features_of(state, self._plan, event_time, payload, previous)

@@ -46,8 +46,8 @@ class IsolatedRun:
     def settings_env(self) -> dict[str, str]:
         return {**os.environ, **self.env}
 
-    def start_worker(self, name: str = "worker") -> WorkerProcess:
-        worker = WorkerProcess(env=self.env, log_path=self.log_dir / f"{name}.log")
+    def start_worker(self, name: str = "worker", module: str = "headrace") -> WorkerProcess:
+        worker = WorkerProcess(env=self.env, log_path=self.log_dir / f"{name}.log", module=module)
         worker.start()
         self.workers.append(worker)
         return worker

@@ -3,7 +3,13 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.dedup import Deduplicator, partition_key_prefix, split_partition_key
+from streams.dedup import (
+    DUPLICATE,
+    REJECTED_LATE,
+    Deduplicator,
+    partition_key_prefix,
+    split_partition_key,
+)
 
 
 def test_duplicate_within_horizon_is_seen() -> None:
@@ -39,6 +45,26 @@ def test_the_same_message_read_again_is_not_a_duplicate() -> None:
     assert not dedup.is_duplicate("a", offset=7)  # redelivery after a restart
     assert dedup.is_duplicate("a", offset=8)  # the producer sent it twice
     assert dedup.is_duplicate("a")
+
+
+def test_recall_answers_every_case_in_one_lookup() -> None:
+    reads: list[str] = []
+
+    class CountingStore(dict[str, list[int]]):
+        def get(self, key: str) -> list[int] | None:  # type: ignore[override]
+            reads.append(key)
+            return super().get(key)
+
+    dedup = Deduplicator(1_000, CountingStore())
+    dedup.remember("ok", 10, offset=1)
+    dedup.remember("late", 10, offset=2, outcome=REJECTED_LATE)
+    assert dedup.recall("new", 3) is None
+    assert dedup.recall("ok", 1) is None  # redelivered: downstream state decides
+    assert dedup.recall("ok", 4) == DUPLICATE
+    assert dedup.recall("ok") == DUPLICATE
+    assert dedup.recall("late", 2) == REJECTED_LATE  # the same message, same answer
+    assert dedup.recall("late", 5) is None  # sent again: judged afresh
+    assert len(reads) == 6
 
 
 @given(st.lists(st.tuples(st.sampled_from("abcdefgh"), st.integers(0, 10_000)), max_size=200))

@@ -174,10 +174,17 @@ def _fired_rule(
 
 
 def _judge(
-    state: ModelState, champion: ArmStats, arm: ArmStats, policy: RolloutPolicy
+    state: ModelState,
+    champion: ArmStats,
+    arm: ArmStats,
+    policy: RolloutPolicy,
+    *,
+    role: Literal["canary", "shadow"],
 ) -> tuple[DecisionKind, dict[str, Any]] | None:
     """The rule that fires for ``arm`` (the canary of ``state``) and the evidence every
-    decision carries: the rule, the champion, the test and the policy."""
+    decision carries: the rule, the champion, the test and the policy, then the arm under
+    its ``role``: its version, its share of the traffic (the canary's percent, the shadow's
+    fraction) and its counts."""
     z, p_value = (
         non_inferiority_test(arm, champion, policy.margin) if arm.n and champion.n else (None, None)
     )
@@ -185,6 +192,11 @@ def _judge(
     if fired is None:
         return None
     kind, rule = fired
+    share = (
+        {"canary_percent": state.canary_percent}
+        if role == "canary"
+        else {"shadow_fraction": state.shadow_fraction}
+    )
     return kind, {
         "rule": rule,
         "champion_version": state.champion,
@@ -198,6 +210,9 @@ def _judge(
             "rollback_error_ratio": policy.rollback_error_ratio,
             "p99_slo_ms": policy.p99_slo_ms,
         },
+        f"{role}_version": state.canary,
+        **share,
+        role: arm.to_evidence(),
     }
 
 
@@ -210,15 +225,10 @@ def decide(
     """What to do with the canary of ``state`` now; None to keep waiting (module doc)."""
     if state.canary is None:
         return None
-    judged = _judge(state, champion, canary, policy)
+    judged = _judge(state, champion, canary, policy, role="canary")
     if judged is None:
         return None
     kind, evidence = judged
-    evidence |= {
-        "canary_version": state.canary,
-        "canary_percent": state.canary_percent,
-        "canary": canary.to_evidence(),
-    }
     percent = next_step(state.canary_percent, policy.steps) if kind == "traffic_shifted" else None
     return Decision(kind, state.canary, percent, evidence)
 
@@ -239,15 +249,10 @@ def decide_shadow(
     if state.shadow is None or state.canary is not None or state.champion is None:
         return None
     as_canary = replace(state, canary=state.shadow, canary_percent=0.0)
-    judged = _judge(as_canary, champion, shadow, policy)
+    judged = _judge(as_canary, champion, shadow, policy, role="shadow")
     if judged is None:
         return None
     kind, evidence = judged
-    evidence |= {
-        "shadow_version": state.shadow,
-        "shadow_fraction": state.shadow_fraction,
-        "shadow": shadow.to_evidence(),
-    }
     if kind == "rolled_back":
         return Decision("rolled_back", state.shadow, None, evidence)
     return Decision("canary_started", state.shadow, policy.steps[0], evidence)

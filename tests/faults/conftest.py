@@ -1,4 +1,5 @@
-"""Fault and scale tests: the integration fixtures, a trained model, workers that score.
+"""Fault and scale tests: the integration fixtures (a trained model, workers that score
+among them) and a first worker under load.
 
 Run with ``make test-faults`` (``pytest tests/faults``); the default ``pytest`` run leaves
 them out (``testpaths``), as they take minutes each. Each test writes its figures to
@@ -7,35 +8,64 @@ them out (``testpaths``), as they take minutes each. Each test writes its figure
 
 from __future__ import annotations
 
+import asyncio
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
+from headrace import scenario
+from headrace.kafka_io import ProduceReport, produce
 from headrace.worker_process import WorkerProcess
-from models.dataset import demo_training_set
-from models.train_model import train_model
-from models.training import TrainingConfig
-from streams.settings import Settings
-from streams.spec import load_spec
-from tests.integration.conftest import IsolatedRun, infrastructure, isolated
+from streams.synthetic import MixSpec, PaymentGenerator, SyntheticMessage
+from tests.faults.ledger import Expected, Follower, healthy
+from tests.integration.conftest import IsolatedRun, infrastructure, isolated, model_dir, scoring
 
-__all__ = ["infrastructure", "isolated"]
+__all__ = ["infrastructure", "isolated", "model_dir", "scoring"]
 
 
-@pytest.fixture(scope="session")
-def model_dir(tmp_path_factory: pytest.TempPathFactory, spec_path: Path) -> Path:
-    directory = tmp_path_factory.mktemp("model")
-    data = demo_training_set(load_spec(spec_path), 3_000, seed=4)
-    train_model(data, directory, TrainingConfig(members=2, hidden=16, epochs=3))
-    return directory
+@dataclass(frozen=True, slots=True)
+class UnderLoad:
+    """A first worker, serving, and the synthetic events to offer it; ``started`` is the
+    monotonic time it began serving."""
+
+    run: IsolatedRun
+    messages: list[SyntheticMessage]
+    expected: Expected
+    first: WorkerProcess
+    started: float
+
+    async def offer_until_outputs(
+        self, follower: Follower, *, rate: float, outputs: int
+    ) -> asyncio.Task[ProduceReport]:
+        """Start sending the events at ``rate`` per second and wait, while the first worker
+        stays healthy, until ``outputs`` have come out; the sending task, still running."""
+        settings = self.run.settings
+        sending = asyncio.create_task(
+            produce(
+                settings.bootstrap_servers,
+                settings.topics.raw,
+                [(m.key, m.value) for m in self.messages],
+                rate=rate,
+            ),
+        )
+        await follower.until(
+            lambda ledger: ledger.outputs >= outputs,
+            timeout_s=300,
+            alive=healthy(self.first),
+            what=f"{outputs} outputs",
+        )
+        return sending
 
 
-@pytest.fixture
-def scoring(isolated: IsolatedRun, model_dir: Path) -> IsolatedRun:
-    """An isolated run whose workers validate, featurize and score, with default settings."""
-    isolated.env["HEADRACE_MODEL_DIR"] = str(model_dir)
-    isolated.settings = Settings.from_env({**isolated.settings_env(), **isolated.env})
-    return isolated
+def start_under_load(run: IsolatedRun, *, events: int, seed: int) -> UnderLoad:
+    """Generate ``events`` payments, prepare the topics and start ``worker-1``, waiting
+    until it serves."""
+    messages = list(PaymentGenerator(MixSpec(count=events, seed=seed)))
+    expected = Expected.of(messages)
+    asyncio.run(scenario.prepare_topics(run.settings))
+    first = run.start_worker("worker-1")
+    asyncio.run(scenario.wait_until_serving(run.settings, first))
+    return UnderLoad(run, messages, expected, first, started=time.monotonic())
 
 
 def start_another_worker(run: IsolatedRun, name: str) -> WorkerProcess:

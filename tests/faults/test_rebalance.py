@@ -15,11 +15,8 @@ from typing import Any
 
 import pytest
 
-from headrace import scenario
-from headrace.kafka_io import produce
-from streams.synthetic import MixSpec, PaymentGenerator
-from tests.faults.conftest import start_another_worker
-from tests.faults.ledger import Expected, Follower, healthy, write_report
+from tests.faults.conftest import start_another_worker, start_under_load
+from tests.faults.ledger import Follower, healthy, write_report
 from tests.integration.conftest import IsolatedRun
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
@@ -30,30 +27,14 @@ RATE = 3_000  # events/s offered, above what one worker serves on this machine
 
 
 def test_second_worker_joins_under_load(scoring: IsolatedRun) -> None:
-    settings = scoring.settings
-    messages = list(PaymentGenerator(MixSpec(count=EVENTS, seed=81)))
-    expected = Expected.of(messages)
-    asyncio.run(scenario.prepare_topics(settings))
-    first = scoring.start_worker("worker-1")
-    asyncio.run(scenario.wait_until_serving(settings, first))
-    started = time.monotonic()
+    load = start_under_load(scoring, events=EVENTS, seed=81)
+    first, expected = load.first, load.expected
 
     async def run() -> dict[str, Any]:
-        async with Follower(settings) as follower:
+        async with Follower(scoring.settings) as follower:
             ledger = follower.ledger
-            sending = asyncio.create_task(
-                produce(
-                    settings.bootstrap_servers,
-                    settings.topics.raw,
-                    [(m.key, m.value) for m in messages],
-                    rate=RATE,
-                ),
-            )
-            await follower.until(
-                lambda ledger: ledger.outputs >= JOIN_AFTER_OUTPUTS,
-                timeout_s=300,
-                alive=healthy(first),
-                what=f"{JOIN_AFTER_OUTPUTS} outputs",
+            sending = await load.offer_until_outputs(
+                follower, rate=RATE, outputs=JOIN_AFTER_OUTPUTS
             )
             [first_name] = ledger.first_by_worker_ms
             joined_ms = int(time.time() * 1000)
@@ -91,7 +72,7 @@ def test_second_worker_joins_under_load(scoring: IsolatedRun) -> None:
             }
 
     figures = asyncio.run(run())
-    figures["wall_s"] = round(time.monotonic() - started, 1)
+    figures["wall_s"] = round(time.monotonic() - load.started, 1)
     write_report("rebalance", figures)
     assert figures["unpredicted"] == 0
     assert figures["missing_rejections"] == 0

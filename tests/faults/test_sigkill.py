@@ -14,10 +14,8 @@ from typing import Any
 
 import pytest
 
-from headrace import scenario
-from headrace.kafka_io import produce
-from streams.synthetic import MixSpec, PaymentGenerator
-from tests.faults.ledger import Expected, Follower, healthy, write_report
+from tests.faults.conftest import start_under_load
+from tests.faults.ledger import Follower, healthy, write_report
 from tests.integration.conftest import IsolatedRun
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
@@ -28,30 +26,14 @@ RATE = 3_000  # events/s offered: more than one worker serves here, so a backlog
 
 
 def test_sigkill_mid_stream_every_event_is_accounted_for(scoring: IsolatedRun) -> None:
-    settings = scoring.settings
-    messages = list(PaymentGenerator(MixSpec(count=EVENTS, seed=51)))
-    expected = Expected.of(messages)
-    asyncio.run(scenario.prepare_topics(settings))
-    first = scoring.start_worker("worker-1")
-    asyncio.run(scenario.wait_until_serving(settings, first))
-    started = time.monotonic()
+    load = start_under_load(scoring, events=EVENTS, seed=51)
+    first, expected = load.first, load.expected
 
     async def run() -> dict[str, Any]:
-        async with Follower(settings) as follower:
+        async with Follower(scoring.settings) as follower:
             ledger = follower.ledger
-            sending = asyncio.create_task(
-                produce(
-                    settings.bootstrap_servers,
-                    settings.topics.raw,
-                    [(m.key, m.value) for m in messages],
-                    rate=RATE,
-                ),
-            )
-            await follower.until(
-                lambda ledger: ledger.outputs >= KILL_AFTER_OUTPUTS,
-                timeout_s=300,
-                alive=healthy(first),
-                what=f"{KILL_AFTER_OUTPUTS} outputs",
+            sending = await load.offer_until_outputs(
+                follower, rate=RATE, outputs=KILL_AFTER_OUTPUTS
             )
             first.kill()
             killed_at = time.time()
@@ -82,7 +64,7 @@ def test_sigkill_mid_stream_every_event_is_accounted_for(scoring: IsolatedRun) -
             }
 
     figures = asyncio.run(run())
-    figures["wall_s"] = round(time.monotonic() - started, 1)
+    figures["wall_s"] = round(time.monotonic() - load.started, 1)
     write_report("sigkill", figures)
     assert figures["unpredicted"] == 0
     assert figures["missing_rejections"] == 0

@@ -1,4 +1,5 @@
-"""Integration fixtures: the real broker, Redis and S3 endpoint, and isolated workers.
+"""Integration fixtures: the real broker, Redis and S3 endpoint, isolated workers, and a small
+trained model for them to score with.
 
 The servers are started once per session with ``headrace infra up`` (reused when already
 running, stopped at the end only if this session started them). A server that cannot
@@ -16,7 +17,11 @@ import pytest
 
 from headrace import infra
 from headrace.worker_process import WorkerProcess, isolated_env
+from models.dataset import demo_training_set
+from models.train_model import train_model
+from models.training import TrainingConfig
 from streams.settings import REPO_ROOT, Settings
+from streams.spec import load_spec
 
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 
@@ -65,3 +70,21 @@ def isolated(
     yield run
     for worker in run.workers:
         worker.stop()
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory, spec_path: Path) -> Path:
+    """A small model, quick to train (two members, 3 epochs over 3,000 demo events); a test
+    module that needs another defines its own ``model_dir``."""
+    directory = tmp_path_factory.mktemp("model")
+    data = demo_training_set(load_spec(spec_path), 3_000, seed=4)
+    train_model(data, directory, TrainingConfig(members=2, hidden=16, epochs=3))
+    return directory
+
+
+@pytest.fixture
+def scoring(isolated: IsolatedRun, model_dir: Path) -> IsolatedRun:
+    """An isolated run whose workers validate, featurize and score, with default settings."""
+    isolated.env["HEADRACE_MODEL_DIR"] = str(model_dir)
+    isolated.settings = Settings.from_env({**isolated.settings_env(), **isolated.env})
+    return isolated

@@ -3,37 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import orjson
 import pytest
 
 from headrace import scenario
 from headrace.kafka_io import Record, collect, produce
-from models.dataset import demo_training_set
-from models.train_model import train_model
-from models.training import TrainingConfig
 from streams.settings import Settings
-from streams.spec import load_spec
 from streams.synthetic import VALID, MixSpec, PaymentGenerator
 from tests.integration.conftest import IsolatedRun
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory, spec_path: Path) -> Path:
-    directory = tmp_path_factory.mktemp("model")
-    data = demo_training_set(load_spec(spec_path), 3_000, seed=4)
-    train_model(data, directory, TrainingConfig(members=2, hidden=16, epochs=3))
-    return directory
-
-
-@pytest.fixture
-def scoring(isolated: IsolatedRun, model_dir: Path) -> IsolatedRun:
-    isolated.env["HEADRACE_MODEL_DIR"] = str(model_dir)
-    isolated.settings = Settings.from_env({**isolated.settings_env(), **isolated.env})
-    return isolated
 
 
 def predictions_until(

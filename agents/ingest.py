@@ -1,34 +1,54 @@
-"""The ingest agent: events.raw -> features | events.rejected.
+"""The ingest agent: events.raw -> features | events.rejected (and, in one-hop mode,
+predictions).
 
 Validation and featurization run in one agent: every Kafka hop costs a produce and a
-consume, which in a Faust worker is most of an event's cost (measured: about 220 us per
-message without table writes), so splitting them would halve throughput for nothing.
-The agent is thin: the pipeline decides, the agent writes. Its state lives in
-changelogged tables on RocksDB: the ids seen within the dedup horizon, the outlier
-statistics, and each entity's windows; a restarted worker resumes where it stopped, and a
-message read again after a restart is not counted twice (entity states keep the offset of
-the last message they applied).
+consume, so splitting them would cost throughput for nothing. The agent is thin: the
+pipeline decides, the agent writes. Its state lives in changelogged tables on RocksDB:
+the ids seen within the dedup horizon, the outlier statistics, and each entity's windows;
+a restarted worker resumes where it stopped, and a message read again after a restart is
+not counted twice (entity states keep the offset of the last message they applied).
+
+Where a model serves and ``HEADRACE_SCORE_IN_INGEST=1``, the agent reads micro-batches
+(``take_events``, as the scoring agent does) and scores each batch itself once its
+features records are written: the same ``serve_chunk`` as the scoring agent, one Kafka
+hop fewer per event. The batch's offsets are acknowledged only after it is scored, so
+at-least-once holds as in the two-hop shape. The ``features`` topic stays the record of
+what the model saw (each prediction points at its record); the offline writer still
+reads it, the online store is written from the batch.
 """
 
 from __future__ import annotations
 
 import base64
 import time
-from typing import Any
+import weakref
+from collections.abc import Awaitable, Iterator
+from contextlib import contextmanager
+from typing import Any, NamedTuple
 
+import faust.streams as faust_streams
+import orjson
 import structlog
 
+from agents.lifecycle import SCORE_IN_INGEST, fleet
+from agents.score import serve_chunk
+from agents.stores import put_online
 from streams import topics
 from streams.app import app, settings, table_options
-from streams.codecs import encode_features, encode_rejection, encode_valid
+from streams.codecs import encode_rejection, encode_valid, features_record
 from streams.envelope import Accepted, SourcePosition
 from streams.metrics import METRICS
 from streams.pipeline import ValidationPipeline
 from streams.spec import load_spec
+from tables.rows import FeatureRow
 
 log = structlog.get_logger(__name__)
 
-SCREEN_CHECKPOINT_EVERY = 1_000
+# Accepted events per partition between checkpoints of its outlier statistics (about
+# 650 bytes a schema). A restarted worker resumes from the last one, so it must come
+# often enough that a screen which had warmed up (200 values) is warm again after a crash:
+# at 1,000 a worker killed early restarted its screens cold and let outliers through.
+SCREEN_CHECKPOINT_EVERY = 100
 
 spec = load_spec(settings.spec_path)
 seen_ids = app.Table(
@@ -55,6 +75,7 @@ latest_features = app.Table(
 )
 pipeline = ValidationPipeline(spec, seen_ids, entity_states)
 _needs_rebuild = True
+_since_checkpoint: dict[int, int] = {}  # accepted events per partition since its checkpoint
 
 
 @app.on_rebalance_complete.connect  # type: ignore[arg-type]  # mode types receivers narrowly
@@ -72,42 +93,110 @@ def _rebuild() -> None:
     log.info("ingest.state_rebuilt")
 
 
+@contextmanager
+def current(event: Any) -> Iterator[None]:
+    """Make ``event`` the one faust's tables see while its state is written: a table takes
+    the partition of a write (and of its changelog record) from ``current_event()``, which
+    ``take_events`` leaves unset (writing a table inside ``take`` raises TypeError,
+    faust-streaming #497)."""
+    token = faust_streams._current_event.set(weakref.ref(event))  # noqa: SLF001 - as faust's own stream loop does
+    try:
+        yield
+    finally:
+        faust_streams._current_event.reset(token)  # noqa: SLF001
+
+
+class Sent(NamedTuple):
+    """A features record handed to the producer, to be scored in its batch."""
+
+    record: dict[str, Any]
+    written: Awaitable[Any]  # the producer's RecordMetadata: where the record landed
+    deadline_ms: int
+    row: FeatureRow | None  # for the online store; None for a redelivered message
+
+
+async def ingest_one(event: Any) -> Sent | None:
+    """Validate, featurize and write one message; the features record it sent, if any."""
+    began = time.perf_counter()
+    message = event.message
+    partition = message.partition
+    source = SourcePosition(message.topic, partition, message.offset, int(message.timestamp * 1000))
+    outcome = pipeline.process(event.value, partition, message.offset)
+    if not isinstance(outcome, Accepted):
+        await topics.rejected.send(
+            key=event.key,
+            value=encode_rejection(outcome, event.value, source, int(time.time() * 1000)),
+        )
+        METRICS.ingest_rejected(outcome.reason.value, time.perf_counter() - began)
+        return None
+    sent = None
+    if outcome.features is None:  # a domain without [features]
+        await topics.valid.send(key=event.key, value=encode_valid(outcome))
+    else:
+        record = features_record(outcome, source)
+        written = await topics.features.send(key=event.key, value=orjson.dumps(record))
+        deadline_ms = int(time.time() * 1000) + settings.score_budget_ms
+        row = None if outcome.redelivered else outcome.features.row
+        sent = Sent(record, written, deadline_ms, row)
+        if not settings.redis_url and not outcome.redelivered:
+            latest_features[outcome.envelope.entity_id] = outcome.features.row.to_json().decode()
+    METRICS.ingest_accepted(time.perf_counter() - began)
+    if not outcome.redelivered:
+        _count_for_checkpoint(partition)
+    return sent
+
+
+def _count_for_checkpoint(partition: int) -> None:
+    count = _since_checkpoint.get(partition, 0) + 1
+    if count >= SCREEN_CHECKPOINT_EVERY:
+        for key, state in pipeline.partition_states(partition).items():
+            screen_state[key] = base64.b64encode(state).decode("ascii")
+        count = 0
+    _since_checkpoint[partition] = count
+
+
+def _rebuild_if_needed() -> None:
+    global _needs_rebuild  # noqa: PLW0603 - one flag shared with the rebalance hook
+    if _needs_rebuild:
+        _rebuild()
+        _needs_rebuild = False
+
+
+async def score_sent(sent: list[Sent]) -> None:
+    """Score a batch's features records once the broker has them: each prediction points
+    at its features record (``features_at``), as one scored from the topic does. Then
+    the batch's rows go to the online store (``agents.stores`` reads no ``features`` for
+    it in this mode)."""
+    if fleet is None:  # pragma: no cover - ingest scores only where a fleet serves
+        raise RuntimeError("no fleet to score with")
+    records = []
+    for item in sent:
+        written = await item.written
+        item.record["features_at"] = {
+            "topic": written.topic,
+            "partition": written.partition,
+            "offset": written.offset,
+        }
+        records.append(item.record)
+    await serve_chunk(fleet, records, [item.deadline_ms for item in sent])
+    await put_online([item.row for item in sent if item.row is not None])
+
+
 @app.agent(topics.raw)
 async def ingest(stream: Any) -> None:
-    global _needs_rebuild  # noqa: PLW0603
-    since_checkpoint: dict[int, int] = {}
-    async for event in stream.events():
-        if _needs_rebuild:
-            _rebuild()
-            _needs_rebuild = False
-        began = time.perf_counter()
-        message = event.message
-        partition = message.partition
-        source = SourcePosition(
-            message.topic, partition, message.offset, int(message.timestamp * 1000)
-        )
-        outcome = pipeline.process(event.value, partition, message.offset)
-        if not isinstance(outcome, Accepted):
-            await topics.rejected.send(
-                key=event.key,
-                value=encode_rejection(outcome, event.value, source, int(time.time() * 1000)),
-            )
-            METRICS.ingest_rejected(outcome.reason.value, time.perf_counter() - began)
-            continue
-        if outcome.features is None:  # a domain without [features]
-            await topics.valid.send(key=event.key, value=encode_valid(outcome))
-        else:
-            await topics.features.send(key=event.key, value=encode_features(outcome, source))
-            if not settings.redis_url and not outcome.redelivered:
-                latest_features[outcome.envelope.entity_id] = (
-                    outcome.features.row.to_json().decode()
-                )
-        METRICS.ingest_accepted(time.perf_counter() - began)
-        if outcome.redelivered:
-            continue
-        count = since_checkpoint.get(partition, 0) + 1
-        if count >= SCREEN_CHECKPOINT_EVERY:
-            for key, state in pipeline.partition_states(partition).items():
-                screen_state[key] = base64.b64encode(state).decode("ascii")
-            count = 0
-        since_checkpoint[partition] = count
+    if not SCORE_IN_INGEST:
+        async for event in stream.events():
+            _rebuild_if_needed()
+            await ingest_one(event)
+        return
+    within_s = settings.score_within_ms / 1000
+    async for events in stream.take_events(settings.score_max_batch, within=within_s):
+        _rebuild_if_needed()
+        sent = []
+        for event in events:
+            with current(event):
+                item = await ingest_one(event)
+            if item is not None:
+                sent.append(item)
+        if sent:
+            await score_sent(sent)

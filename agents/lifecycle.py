@@ -140,3 +140,8 @@ elif settings.serve_registry:
                     await following.sync(router.state(settings.model_name))
         finally:
             await consumer.stop()
+
+
+# Where a fleet serves and HEADRACE_SCORE_IN_INGEST=1, the ingest agent scores the batches
+# it reads and writes the online store itself; no agent reads ``features`` back to score.
+SCORE_IN_INGEST = settings.score_in_ingest and fleet is not None

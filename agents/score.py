@@ -17,6 +17,9 @@ champion or the canary; a shadowed record is scored by the shadow version too, a
 prediction is written flagged ``route: shadow``, never as the decision. Each record's
 deadline is its features message's timestamp plus ``score_budget_ms``; each version's
 ``ChunkScorer`` applies its cache, micro-batches and fast path.
+
+With ``HEADRACE_SCORE_IN_INGEST=1`` the ingest agent calls :func:`serve_chunk` on the
+batches it reads, and this agent is not started.
 """
 
 from __future__ import annotations
@@ -30,8 +33,8 @@ import structlog
 
 from agents.drift import watch_chunk
 from agents.explain import offer as offer_explanations
-from agents.lifecycle import WORKER, fleet
-from models.fleet import ServingSet
+from agents.lifecycle import SCORE_IN_INGEST, WORKER, fleet
+from models.fleet import ModelFleet, ServingSet
 from streams import topics
 from streams.app import app, settings
 from streams.metrics import METRICS
@@ -95,42 +98,45 @@ async def score_routed(
     return [p for p in decisions if p is not None] + shadows
 
 
-if fleet is not None:
+async def serve_chunk(
+    serving_fleet: ModelFleet, records: list[dict[str, Any]], deadlines: list[int | None]
+) -> None:
+    """Score one chunk of feature records as the fleet routes them, watch and explain it,
+    and hand every prediction to the producer."""
+    await serving_fleet.ready.wait()
+    serving = serving_fleet.current
+    if serving is None:  # pragma: no cover - ready is set only with a serving set
+        raise RuntimeError("the fleet is ready without a serving set")
+    began = time.perf_counter()
+    predictions = await score_routed(serving, records, deadlines, now_ms=int(time.time() * 1000))
+    scoring_s = time.perf_counter() - began
+    if settings.drift:
+        await watch_chunk(serving, records, predictions)
+    if settings.explain_share > 0:  # queued for agents.explain; never waits
+        offer_explanations(serving, records, predictions)
+    # Straight to the producer: faust flushes it before committing any offset, so
+    # at-least-once holds, without Topic.send's per-message bookkeeping.
+    producer = app.producer
+    prediction_topic = settings.topics.predictions
+    for prediction in predictions:
+        await producer.send(
+            prediction_topic,
+            prediction["request_id"].encode(),
+            orjson.dumps(prediction),
+            None,
+            None,
+            None,
+        )
+    METRICS.scored_chunk(records, predictions, seconds=scoring_s, sent_ms=int(time.time() * 1000))
+
+
+if fleet is not None and not SCORE_IN_INGEST:
     serving_fleet = fleet
 
     @app.agent(topics.features)
     async def score(stream: Any) -> None:
         within_s = settings.score_within_ms / 1000
-        prediction_topic = settings.topics.predictions
         async for batch in stream.take_events(settings.score_max_batch, within=within_s):
             records, deadlines = decode(batch)
-            if not records:
-                continue
-            await serving_fleet.ready.wait()
-            serving = serving_fleet.current
-            if serving is None:  # pragma: no cover - ready is set only with a serving set
-                raise RuntimeError("the fleet is ready without a serving set")
-            began = time.perf_counter()
-            predictions = await score_routed(
-                serving, records, deadlines, now_ms=int(time.time() * 1000)
-            )
-            scoring_s = time.perf_counter() - began
-            if settings.drift:
-                await watch_chunk(serving, records, predictions)
-            if settings.explain_share > 0:  # queued for agents.explain; never waits
-                offer_explanations(serving, records, predictions)
-            # Straight to the producer: faust flushes it before committing any offset,
-            # so at-least-once holds, without Topic.send's per-message bookkeeping.
-            producer = app.producer
-            for prediction in predictions:
-                await producer.send(
-                    prediction_topic,
-                    prediction["request_id"].encode(),
-                    orjson.dumps(prediction),
-                    None,
-                    None,
-                    None,
-                )
-            METRICS.scored_chunk(
-                records, predictions, seconds=scoring_s, sent_ms=int(time.time() * 1000)
-            )
+            if records:
+                await serve_chunk(serving_fleet, records, deadlines)

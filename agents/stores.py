@@ -14,6 +14,7 @@ from typing import Any
 
 import structlog
 
+from agents.lifecycle import SCORE_IN_INGEST
 from streams import topics
 from streams.app import app, settings
 from streams.codecs import decode_features, feature_row_of
@@ -48,20 +49,31 @@ def newest_per_entity(rows: list[FeatureRow], newest: dict[str, int]) -> list[Fe
     return keep
 
 
+online_store: OnlineStore | None = None
+_newest: dict[str, int] = {}  # the newest event time written per entity
+
+
+async def put_online(rows: list[FeatureRow]) -> None:
+    """Write the rows that are their entity's newest to the online store, if there is one."""
+    if online_store is not None:
+        newest = newest_per_entity(rows, _newest)
+        if newest:
+            await online_store.put_many(newest)
+
+
 if settings.redis_url:
-    online_store: OnlineStore = RedisOnlineStore(
+    online_store = RedisOnlineStore(
         settings.redis_url,
         key_prefix=settings.online_key_prefix,
         ttl_s=settings.online_ttl_s,
     )
 
+if online_store is not None and not SCORE_IN_INGEST:  # else ingest writes it per batch
+
     @app.agent(topics.features)
     async def online_writer(stream: Any) -> None:
-        newest: dict[str, int] = {}
         async for batch in stream.take(ONLINE_BATCH, within=ONLINE_WITHIN_S):
-            rows = newest_per_entity(_rows(batch), newest)
-            if rows:
-                await online_store.put_many(rows)
+            await put_online(_rows(batch))
 
 
 offline_store = ParquetOfflineStore(

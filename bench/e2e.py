@@ -13,6 +13,10 @@ consumer group and state) serving a fixed model, and one plain loop for comparis
   side's CPU time per event is measured too (the worker's from ``/proc``, every thread,
   from ready to drained): on a machine shared with other work it says better than the
   rates what each would sustain on a core of its own (``cpu_ratio_to_baseline``).
+* **shapes**: the worker is drained in its shipped shape (``max_events_per_s``) and in
+  the other one (``HEADRACE_SCORE_IN_INGEST``: scoring in the ingest agent, one Kafka hop,
+  or in an agent reading ``features`` back, two), reported as ``one_hop_*`` and
+  ``two_hop_*``. ``bench.faust_floor`` drains the same payments through faust alone.
 * **latency**: a fresh worker, ready, is offered payments at a paced 1,000 then 5,000
   events/s for ``paced_s`` seconds each. A payment's latency is its prediction's Kafka
   timestamp minus the moment it was handed to the producer, matched by request id
@@ -123,7 +127,10 @@ def train(spec_path: Path, directory: Path) -> Path:
 RUN_MARKER = f"bench-e2e-{uuid.uuid4().hex[:6]}"  # in every topic of this process's runs
 
 
-def worker_env(scratch: Path, model_dir: Path, *, downstream: bool) -> dict[str, str]:
+def worker_env(
+    scratch: Path, model_dir: Path, *, downstream: bool, one_hop: bool | None = None
+) -> dict[str, str]:
+    """A worker's settings; ``one_hop`` None keeps the shipped shape."""
     env = isolated_env(scratch, name=f"{RUN_MARKER}-{uuid.uuid4().hex[:6]}")
     env.update(
         HEADRACE_MODEL_DIR=str(model_dir),
@@ -132,6 +139,8 @@ def worker_env(scratch: Path, model_dir: Path, *, downstream: bool) -> dict[str,
         HEADRACE_FEEDBACK="1" if downstream else "0",
         HEADRACE_DRIFT="1" if downstream else "0",
     )
+    if one_hop is not None:
+        env["HEADRACE_SCORE_IN_INGEST"] = "1" if one_hop else "0"
     return env
 
 
@@ -249,7 +258,7 @@ def _start_profile(pid: int, path: Path, seconds: float) -> subprocess.Popen[byt
     )
 
 
-def throughput_phase(  # noqa: PLR0913 - the phase's inputs, then two switches
+def throughput_phase(  # noqa: PLR0913 - the phase's inputs, then three switches
     config: E2eConfig,
     scratch: Path,
     model_dir: Path,
@@ -257,13 +266,14 @@ def throughput_phase(  # noqa: PLR0913 - the phase's inputs, then two switches
     *,
     downstream: bool,
     baseline: bool,
+    one_hop: bool | None = None,
 ) -> dict[str, Any]:
     """Drain ``batch`` with the baseline loop (when asked), then with a worker."""
     figures: dict[str, Any] = {}
     if baseline:
         figures.update(_baseline(config, scratch, model_dir, batch))
         figures.update(_floor(config, scratch, model_dir, batch))
-    env = worker_env(scratch, model_dir, downstream=downstream)
+    env = worker_env(scratch, model_dir, downstream=downstream, one_hop=one_hop)
     settings = Settings.from_env({**os.environ, **env})
     asyncio.run(scenario.prepare_topics(settings))
     worker = scenario.start_worker(
@@ -512,6 +522,26 @@ def e2e_figures(spec_path: Path, config: E2eConfig) -> dict[str, Any]:
             "max_events_per_s": figures.pop("worker_drain_events_per_s"),
             **figures,
         }
+        # The other shape of the worker (HEADRACE_SCORE_IN_INGEST), drained alike.
+        shipped_one_hop = Settings.from_env().score_in_ingest
+        other = throughput_phase(
+            config,
+            scratch,
+            model_dir,
+            drained,
+            downstream=False,
+            baseline=False,
+            one_hop=not shipped_one_hop,
+        )
+        shapes = {
+            shipped_one_hop: (result["max_events_per_s"], result["worker_cpu_us_per_event"]),
+            not shipped_one_hop: (
+                other["worker_drain_events_per_s"],
+                other["worker_cpu_us_per_event"],
+            ),
+        }
+        for one_hop, name in ((True, "one_hop"), (False, "two_hop")):
+            result[f"{name}_events_per_s"], result[f"{name}_cpu_us_per_event"] = shapes[one_hop]
         result["ratio_to_baseline"] = (
             round(result["max_events_per_s"] / result["baseline_events_per_s"], 3)
             if result["baseline_events_per_s"]

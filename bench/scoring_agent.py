@@ -40,6 +40,7 @@ def agent_rate(model_dir: Path, records: list[dict[str, Any]], *, max_batch: int
             HEADRACE_PREDICTION_CACHE="off",
             HEADRACE_FEEDBACK="0",  # the scoring agent alone
             HEADRACE_DRIFT="0",
+            HEADRACE_SCORE_IN_INGEST="0",  # the agent that reads features records
         )
         settings = Settings.from_env({**os.environ, **env})
         asyncio.run(scenario.prepare_topics(settings))

@@ -141,6 +141,11 @@ def decode_rejection(data: bytes) -> dict[str, Any]:
 
 
 def encode_features(outcome: Accepted, source: SourcePosition) -> bytes:
+    """The ``features`` record (:func:`features_record`) as JSON bytes."""
+    return orjson.dumps(features_record(outcome, source))
+
+
+def features_record(outcome: Accepted, source: SourcePosition) -> dict[str, Any]:
     """The ``features`` record: the event as validated plus its feature vector.
 
     This topic is the replayable record of what a model saw: the envelope (upcast), the
@@ -166,7 +171,7 @@ def encode_features(outcome: Accepted, source: SourcePosition) -> bytes:
         record["source"]["timestamp_ms"] = source.timestamp_ms
     if outcome.original_version != envelope.schema_version:
         record["upcast_from"] = outcome.original_version
-    return orjson.dumps(record)
+    return record
 
 
 def decode_features(data: bytes) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Scoring through the real broker: features in, one prediction per event out."""
+"""Scoring through the real broker: raw events in, one prediction per valid event out, in
+both shapes of the worker (scoring in the ingest agent, or in an agent reading features)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,13 @@ from streams.synthetic import VALID, MixSpec, PaymentGenerator
 from tests.integration.conftest import IsolatedRun
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(params=["one_hop", "two_hop"])
+def shaped(scoring: IsolatedRun, request: pytest.FixtureRequest) -> IsolatedRun:
+    scoring.env["HEADRACE_SCORE_IN_INGEST"] = "1" if request.param == "one_hop" else "0"
+    scoring.settings = Settings.from_env({**scoring.settings_env(), **scoring.env})
+    return scoring
 
 
 def predictions_until(
@@ -48,9 +56,14 @@ def check(predictions: list[dict[str, object]], wanted: set[str]) -> None:
         assert uncertainty["conformal_set"]
         assert 0.0 <= uncertainty["mutual_information"] <= uncertainty["entropy"] + 1e-9
         assert prediction["route"] == "champion"
+        features_at = prediction["features_at"]  # where the features record it scored is
+        assert isinstance(features_at, dict)
+        assert features_at["topic"].endswith("features")
+        assert features_at["offset"] >= 0
 
 
-def test_every_valid_event_is_scored(scoring: IsolatedRun) -> None:
+def test_every_valid_event_is_scored(shaped: IsolatedRun) -> None:
+    scoring = shaped
     settings = scoring.settings
     generator = PaymentGenerator(MixSpec(count=3_000, seed=41))
     messages = [(m.key, m.value) for m in generator]
@@ -67,7 +80,8 @@ def test_every_valid_event_is_scored(scoring: IsolatedRun) -> None:
     assert len(versions) == 1
 
 
-def test_scored_exactly_once_after_dedup_across_a_restart(scoring: IsolatedRun) -> None:
+def test_scored_exactly_once_after_dedup_across_a_restart(shaped: IsolatedRun) -> None:
+    scoring = shaped
     settings = scoring.settings
     messages = [(m.key, m.value) for m in PaymentGenerator(MixSpec(count=8_000, seed=42))]
     wanted = {

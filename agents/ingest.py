@@ -19,6 +19,7 @@ reads it, the online store is written from the batch.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 import weakref
@@ -198,5 +199,6 @@ async def ingest(stream: Any) -> None:
                 item = await ingest_one(event)
             if item is not None:
                 sent.append(item)
+            await asyncio.sleep(0)  # the event loop runs between events, as in the two-hop loop
         if sent:
             await score_sent(sent)

@@ -68,8 +68,8 @@ class Settings:
     score_within_ms: int = 20  # the longest the scoring agent waits to fill a batch
     score_budget_ms: int = 500  # features record to prediction; later: fast path, flagged
     # Score in the ingest agent, in the batches it reads, instead of in an agent reading
-    # the features topic back: one Kafka hop fewer per event. Not the default yet: under
-    # the fault tests' load its consumer missed heartbeats (BENCHMARKS.md).
+    # the features topic back: one Kafka hop fewer per event. Not the default until both
+    # shapes are compared under the fault tests on one machine (BENCHMARKS.md).
     score_in_ingest: bool = False
     prediction_cache: str = "memory"  # memory (per worker), redis (shared) or off
     model_name: str = "payments-fraud"  # the registered model the worker serves

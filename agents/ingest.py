@@ -117,7 +117,8 @@ class Sent(NamedTuple):
 
 
 async def ingest_one(event: Any) -> Sent | None:
-    """Validate, featurize and write one message; the features record it sent, if any."""
+    """Validate, featurize and write one message; in one-hop mode, the features record it
+    sent, to be scored with its batch."""
     began = time.perf_counter()
     message = event.message
     partition = message.partition
@@ -136,9 +137,10 @@ async def ingest_one(event: Any) -> Sent | None:
     else:
         record = features_record(outcome, source)
         written = await topics.features.send(key=event.key, value=orjson.dumps(record))
-        deadline_ms = int(time.time() * 1000) + settings.score_budget_ms
-        row = None if outcome.redelivered else outcome.features.row
-        sent = Sent(record, written, deadline_ms, row)
+        if SCORE_IN_INGEST:  # else the scoring agent reads the record back
+            deadline_ms = int(time.time() * 1000) + settings.score_budget_ms
+            row = None if outcome.redelivered else outcome.features.row
+            sent = Sent(record, written, deadline_ms, row)
         if not settings.redis_url and not outcome.redelivered:
             latest_features[outcome.envelope.entity_id] = outcome.features.row.to_json().decode()
     METRICS.ingest_accepted(time.perf_counter() - began)

@@ -25,8 +25,9 @@ demo: $(INSTALLED) system-deps
 test: lint system-deps
 	$(BIN)/python -m pytest
 
-# Fault and scale tests (worker SIGKILLed, broker restarted, second worker joining, hostile
-# input, a 15-minute soak; HEADRACE_SOAK_S shortens the soak). About 30 minutes in all.
+# The fault and scale tests alone (worker SIGKILLed, broker restarted, second worker joining,
+# hostile input, a 15-minute soak; HEADRACE_SOAK_S shortens the soak): about 25 minutes.
+# `make test` runs them too, after the unit and integration tests.
 test-faults: $(INSTALLED) system-deps
 	$(BIN)/python -m pytest tests/faults
 

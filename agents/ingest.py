@@ -8,13 +8,14 @@ the ids seen within the dedup horizon, the outlier statistics, and each entity's
 a restarted worker resumes where it stopped, and a message read again after a restart is
 not counted twice (entity states keep the offset of the last message they applied).
 
-Where a model serves and ``HEADRACE_SCORE_IN_INGEST=1``, the agent reads micro-batches
-(``take_events``, as the scoring agent does) and scores each batch itself once its
-features records are written: the same ``serve_chunk`` as the scoring agent, one Kafka
-hop fewer per event. The batch's offsets are acknowledged only after it is scored, so
-at-least-once holds as in the two-hop shape. The ``features`` topic stays the record of
-what the model saw (each prediction points at its record); the offline writer still
-reads it, the online store is written from the batch.
+Where a model serves (and unless ``HEADRACE_SCORE_IN_INGEST=0``), the agent reads
+micro-batches (``take_events``, as the scoring agent does) and scores each batch itself
+once its features records are written: the same ``serve_chunk`` as the scoring agent,
+one Kafka hop fewer per event than reading ``features`` back. The batch's offsets are
+acknowledged only after it is scored, so at-least-once holds as in the two-hop shape.
+The ``features`` topic stays the record of what the model saw (each prediction points at
+its record); the offline writer still reads it, the online store is written from the
+batch.
 """
 
 from __future__ import annotations

@@ -18,8 +18,9 @@ prediction is written flagged ``route: shadow``, never as the decision. Each rec
 deadline is its features message's timestamp plus ``score_budget_ms``; each version's
 ``ChunkScorer`` applies its cache, micro-batches and fast path.
 
-With ``HEADRACE_SCORE_IN_INGEST=1`` the ingest agent calls :func:`serve_chunk` on the
-batches it reads, and this agent is not started.
+By default (``HEADRACE_SCORE_IN_INGEST=1``) the ingest agent calls :func:`serve_chunk` on
+the batches it reads, and this agent is not started; with ``0`` it is, and scoring is a
+second Kafka hop.
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
 """Feature sinks: the online store (Redis) and the offline store (Parquet), fed in batches.
 
-Both read the ``features`` topic, so they add no cost to the ingest agent and can be
-rebuilt by replaying it. They write no table, which is what lets them batch with
-``stream.take`` (faust cannot write tables inside ``take``). A redelivered record is not
-written again: its original is already there, and it must not overwrite a newer vector.
+The offline writer reads the ``features`` topic, so it can be rebuilt by replaying it;
+it writes no table, which is what lets it batch with ``stream.take`` (faust cannot write
+tables inside ``take``). Where the ingest agent scores (the default), it writes the
+online store from each batch it scores (:func:`put_online`); otherwise an agent reads
+``features`` for it. A redelivered record is not written again: its original is already
+there, and it must not overwrite a newer vector.
 """
 
 from __future__ import annotations

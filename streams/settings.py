@@ -67,10 +67,9 @@ class Settings:
     score_max_batch: int = 256  # the most feature records scored in one batch
     score_within_ms: int = 20  # the longest the scoring agent waits to fill a batch
     score_budget_ms: int = 500  # features record to prediction; later: fast path, flagged
-    # Score in the ingest agent, in the batches it reads, instead of in an agent reading
-    # the features topic back: one Kafka hop fewer per event. Not the default until both
-    # shapes are compared under the fault tests on one machine (BENCHMARKS.md).
-    score_in_ingest: bool = False
+    # Score in the ingest agent, in the batches it reads (one Kafka hop), or, with False,
+    # in an agent reading the features topic back (two): BENCHMARKS.md compares them.
+    score_in_ingest: bool = True
     prediction_cache: str = "memory"  # memory (per worker), redis (shared) or off
     model_name: str = "payments-fraud"  # the registered model the worker serves
     serve_registry: bool = False  # serve model_name as model.events says (with no model_dir)
@@ -152,7 +151,7 @@ class Settings:
             ),
             model_name=env.get("HEADRACE_MODEL_NAME", defaults.model_name),
             serve_registry=_choice(env, "HEADRACE_SERVE_REGISTRY", "0", ("0", "1")) == "1",
-            score_in_ingest=_choice(env, "HEADRACE_SCORE_IN_INGEST", "0", ("0", "1")) == "1",
+            score_in_ingest=_choice(env, "HEADRACE_SCORE_IN_INGEST", "1", ("0", "1")) == "1",
             feedback=_choice(env, "HEADRACE_FEEDBACK", "1", ("0", "1")) == "1",
             drift=_choice(env, "HEADRACE_DRIFT", "1", ("0", "1")) == "1",
             drift_threshold=_float(env, "HEADRACE_DRIFT_THRESHOLD", defaults.drift_threshold),

@@ -1,9 +1,9 @@
 """Fault and scale tests: the integration fixtures (a trained model, workers that score
 among them) and a first worker under load.
 
-Run with ``make test-faults`` (``pytest tests/faults``); the default ``pytest`` run leaves
-them out (``testpaths``), as they take minutes each. Each test writes its figures to
-``test-artifacts/faults/<test>.json``.
+``make test`` (and CI) runs them after the unit and integration tests; ``make test-faults``
+(``pytest tests/faults``) runs them alone, about 25 minutes with the 15-minute soak. Each
+test writes its figures to ``test-artifacts/faults/<test>.json``.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ predictions).
 Validation and featurization run in one agent: every Kafka hop costs a produce and a
 consume, so splitting them would cost throughput for nothing. The agent is thin: the
 pipeline decides, the agent writes. Its state lives in changelogged tables on RocksDB:
-the ids seen within the dedup horizon, the outlier statistics, and each entity's windows;
+the ids seen within the dedup horizon (one block of them per partition per batch, see
+``streams.dedup``), the outlier statistics, and each entity's windows;
 a restarted worker resumes where it stopped, and a message read again after a restart is
 not counted twice (entity states keep the offset of the last message they applied).
 
@@ -53,8 +54,12 @@ log = structlog.get_logger(__name__)
 SCREEN_CHECKPOINT_EVERY = 100
 
 spec = load_spec(settings.spec_path)
+# The seen ids in blocks, "<partition>:<block>" -> entries (``streams.dedup``).
 seen_ids = app.Table(
-    "ingest-seen-ids", key_type=str, partitions=settings.partitions, options=table_options()
+    "ingest-seen-id-blocks",
+    key_type=str,
+    partitions=settings.partitions,
+    options=table_options(),
 )
 # Outlier statistics per "<partition>:<schema>", base64 text (the changelog is JSON).
 screen_state = app.Table(
@@ -137,7 +142,11 @@ async def ingest_one(event: Any) -> Sent | None:
         await topics.valid.send(key=event.key, value=encode_valid(outcome))
     else:
         record = features_record(outcome, source)
-        written = await topics.features.send(key=event.key, value=orjson.dumps(record))
+        # Straight to the producer, as predictions are: faust flushes it before any offset
+        # is committed, without Topic.send's per-message bookkeeping.
+        written = await app.producer.send(
+            settings.topics.features, event.key, orjson.dumps(record), None, None, None
+        )
         if SCORE_IN_INGEST:  # else the scoring agent reads the record back
             deadline_ms = int(time.time() * 1000) + settings.score_budget_ms
             row = None if outcome.redelivered else outcome.features.row
@@ -192,16 +201,22 @@ async def ingest(stream: Any) -> None:
         async for event in stream.events():
             _rebuild_if_needed()
             await ingest_one(event)
+            pipeline.flush_seen(event.message.partition)
         return
     within_s = settings.score_within_ms / 1000
     async for events in stream.take_events(settings.score_max_batch, within=within_s):
         _rebuild_if_needed()
         sent = []
+        last_of: dict[int, Any] = {}  # partition -> the batch's last event from it
         for event in events:
             with current(event):
                 item = await ingest_one(event)
             if item is not None:
                 sent.append(item)
+            last_of[event.message.partition] = event
             await asyncio.sleep(0)  # the event loop runs between events, as in the two-hop loop
+        for partition, event in last_of.items():  # one block of seen ids per partition
+            with current(event):
+                pipeline.flush_seen(partition)
         if sent:
             await score_sent(sent)

@@ -20,6 +20,7 @@ from streams.dedup import (
     DUPLICATE,
     REJECTED_LATE,
     REJECTED_OUTLIER,
+    Block,
     Deduplicator,
     partition_key_prefix,
     split_partition_key,
@@ -43,7 +44,7 @@ class ValidationPipeline:
     def __init__(
         self,
         spec: DomainSpec,
-        seen_ids: MutableMapping[str, list[int]],
+        seen_ids: MutableMapping[str, Block],
         entity_states: MutableMapping[str, EntityState] | None = None,
     ) -> None:
         self.spec = spec
@@ -70,23 +71,30 @@ class ValidationPipeline:
 
     def rebuild(
         self,
-        seen_ids: Iterable[tuple[str, list[int]]],
+        seen_ids: Iterable[tuple[str, Block]],
         screen_states: Iterable[tuple[str, bytes]],
         entity_states: Iterable[tuple[str, EntityState]] = (),
     ) -> None:
         """Reload per-partition state from the stores, e.g. after recovery or a rebalance."""
         self._dedups.clear()
         self._screens.clear()
-        by_partition: dict[int, list[tuple[str, list[int]]]] = {}
-        for key, stored in seen_ids:
-            partition, event_id = split_partition_key(key)
-            by_partition.setdefault(partition, []).append((event_id, stored))
+        by_partition: dict[int, list[tuple[str, Block]]] = {}
+        for key, block in seen_ids:
+            partition, name = split_partition_key(key)
+            by_partition.setdefault(partition, []).append((name, block))
         for partition, items in by_partition.items():
             self.dedup_for(partition).rebuild(items)
         for key, state in screen_states:
             self.restore_partition_state(key, state)
         if self.featurizer is not None:
             self.featurizer.rebuild(entity_states)
+
+    def flush_seen(self, partition: int) -> None:
+        """Write the ids the partition remembered since its last flush to the store, as
+        one block; due before the offsets of their messages are committed."""
+        dedup = self._dedups.get(partition)
+        if dedup is not None:
+            dedup.flush()
 
     def screen_for(self, partition: int, schema: str) -> OutlierScreen:
         key = (partition, schema)

@@ -46,18 +46,28 @@ _FLOAT = b"\x01"
 _CANONICAL_NAN = struct.pack(">d", math.nan)
 
 
+_PACK_DOUBLE = struct.Struct(">d").pack
+_NAME_CODES_MAX = 4_096  # distinct feature names whose encoding is kept
+_name_codes: dict[str, bytes] = {}
+
+
 def _encode_value(value: float | None) -> bytes:
     if value is None:
         return _NONE
     number = float(value) + 0.0  # an int as its float; -0.0 as 0.0
-    if math.isnan(number):
+    if number != number:  # NaN  # noqa: PLR0124 - the one test that needs no call
         return _FLOAT + _CANONICAL_NAN
-    return _FLOAT + struct.pack(">d", number)
+    return _FLOAT + _PACK_DOUBLE(number)
 
 
 def _encode_name(name: str) -> bytes:
-    encoded = name.encode("utf-8")
-    return struct.pack(">I", len(encoded)) + encoded
+    code = _name_codes.get(name)
+    if code is None:
+        encoded = name.encode("utf-8")
+        code = struct.pack(">I", len(encoded)) + encoded
+        if len(_name_codes) < _NAME_CODES_MAX:  # a model has a few dozen names
+            _name_codes[name] = code
+    return code
 
 
 def feature_hash(values: Mapping[str, float | None] | Sequence[float | None]) -> str:
@@ -74,17 +84,18 @@ def feature_hash(values: Mapping[str, float | None] | Sequence[float | None]) ->
     * key order counts: models take features by position, so two mappings that differ
       only in order are two different inputs;
     * a mapping and a sequence of the same values differ.
+
+    The bytes are joined and hashed in one call (it runs once per scored record).
     """
-    digest = hashlib.blake2b(digest_size=16, person=_HASH_PERSON)
     if isinstance(values, Mapping):
-        digest.update(_NAMED + struct.pack(">I", len(values)))
+        parts = [_NAMED + struct.pack(">I", len(values))]
         for name, value in values.items():
-            digest.update(_encode_name(name) + _encode_value(value))
+            parts.append(_encode_name(name))
+            parts.append(_encode_value(value))
     else:
-        digest.update(_POSITIONAL + struct.pack(">I", len(values)))
-        for value in values:
-            digest.update(_encode_value(value))
-    return digest.hexdigest()
+        parts = [_POSITIONAL + struct.pack(">I", len(values))]
+        parts.extend(_encode_value(value) for value in values)
+    return hashlib.blake2b(b"".join(parts), digest_size=16, person=_HASH_PERSON).hexdigest()
 
 
 class PredictionCache(Protocol):

@@ -43,6 +43,7 @@ from streams.envelope import Accepted, SourcePosition
 from streams.metrics import METRICS
 from streams.pipeline import ValidationPipeline
 from streams.spec import load_spec
+from tables.read_cache import ReadCachedMapping
 from tables.rows import FeatureRow
 
 log = structlog.get_logger(__name__)
@@ -55,6 +56,7 @@ SCREEN_CHECKPOINT_EVERY = 100
 # Events of a one-hop batch between two turns of the event loop (about 20 ms of work):
 # a turn per event cost a loop cycle and a selector poll each.
 YIELD_EVERY = 32
+ENTITY_CACHE_ENTRIES = 20_000  # entity states kept decoded (a few kB each)
 
 spec = load_spec(settings.spec_path)
 # The seen ids in blocks, "<partition>:<block>" -> entries (``streams.dedup``).
@@ -83,7 +85,11 @@ latest_features = app.Table(
     partitions=settings.partitions,
     options=table_options(),
 )
-pipeline = ValidationPipeline(spec, seen_ids, entity_states)
+# The states last read or written, so most reads skip RocksDB and the decode; cleared on a
+# rebalance (another worker may have written them) and after a failed event (a state may
+# have changed in place without being written).
+entity_cache = ReadCachedMapping(entity_states, max_entries=ENTITY_CACHE_ENTRIES)
+pipeline = ValidationPipeline(spec, seen_ids, entity_cache)
 _needs_rebuild = True
 _since_checkpoint: dict[int, int] = {}  # accepted events per partition since its checkpoint
 
@@ -95,6 +101,7 @@ async def _mark_rebuild(_sender: Any, **_kwargs: Any) -> None:
 
 
 def _rebuild() -> None:
+    entity_cache.clear_cache()
     pipeline.rebuild(
         seen_ids.items(),
         ((key, base64.b64decode(state)) for key, state in screen_state.items()),
@@ -132,7 +139,11 @@ async def ingest_one(event: Any) -> Sent | None:
     message = event.message
     partition = message.partition
     source = SourcePosition(message.topic, partition, message.offset, int(message.timestamp * 1000))
-    outcome = pipeline.process(event.value, partition, message.offset)
+    try:
+        outcome = pipeline.process(event.value, partition, message.offset)
+    except Exception:
+        entity_cache.clear_cache()
+        raise
     if not isinstance(outcome, Accepted):
         await topics.rejected.send(
             key=event.key,

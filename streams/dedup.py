@@ -134,6 +134,8 @@ class Deduplicator:
         self._pending = []
         first_offset = pending[0][2]
         name = str(first_offset) if first_offset >= 0 else f"@{self._flushes}"
+        if name in self._live:  # from the same offset again, after a restart: keep both
+            name = f"{name}.{self._flushes}"
         self._flushes += 1
         block: Block = []
         for entry in pending:  # less the entries expired or superseded since
@@ -196,15 +198,17 @@ class Deduplicator:
         self._expiry = [(stored[0], event_id) for event_id, (stored, _) in self._memory.items()]
         heapq.heapify(self._expiry)
         self._watermark = max((t for t, _ in self._expiry), default=self._watermark)
-        unnumbered = [int(name[1:]) for name, _ in named if name.startswith("@")]
-        self._flushes = max(unnumbered, default=-1) + 1
+        self._flushes = max((_block_order(name)[2] for name, _ in named), default=-1) + 1
 
 
-def _block_order(name: str) -> tuple[int, int]:
-    """Blocks in the order they were written: by first offset, unnumbered ones by count."""
-    if name.startswith("@"):
-        return (1, int(name[1:]))
-    return (0, int(name))
+def _block_order(name: str) -> tuple[int, int, int]:
+    """Blocks in the order they were written: by first offset, then by flush count (a
+    block written again from the same offset, ``"<offset>.<count>"``, comes after the
+    first); blocks without offsets (``"@<count>"``) after those with."""
+    base, _, again = name.partition(".")
+    if base.startswith("@"):
+        return (1, 0, int(base[1:]))
+    return (0, int(base), int(again) if again else -1)
 
 
 def partition_key_prefix(partition: int) -> str:

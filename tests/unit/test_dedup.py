@@ -219,3 +219,23 @@ def _check_store(store: dict[str, Block], dedup: Deduplicator) -> None:
                 needed = True
         assert needed, f"block {name} holds nothing remembered"
     assert sorted(holders) == sorted(current)
+
+
+def test_a_block_written_again_from_the_same_offset_keeps_the_first() -> None:
+    """After a restart, events from an offset already flushed can be remembered again
+    (their entity state had not reached the changelog): the new block must not replace
+    the old one while the old one still holds ids no later block has."""
+    store: dict[str, Block] = {}
+    first = Deduplicator(10**9, store)
+    first.remember("a", 1, offset=10)
+    first.remember("b", 2, offset=11)
+    first.flush()
+    restarted = Deduplicator(10**9, store)
+    restarted.rebuild(list(store.items()))
+    # processed again (late this time); "b" was redelivered
+    restarted.remember("a", 1, offset=10, outcome=REJECTED_LATE)
+    assert restarted.flush() == "10.0"
+    assert sorted(store) == ["10", "10.0"]
+    again = Deduplicator(10**9, store)
+    again.rebuild(list(store.items()))
+    assert again.entries() == {"a": [1, 10, REJECTED_LATE], "b": [2, 11]}  # the later wins

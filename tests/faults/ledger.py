@@ -29,6 +29,10 @@ from streams.synthetic import VALID, SyntheticMessage
 from tests.integration.conftest import ARTIFACTS
 
 REPORTS = ARTIFACTS / "faults"
+# A fault test's wait for every event to be accounted for (under two minutes in a passing
+# run here), well inside the test's own limit so that a failure says what was missing.
+ACCOUNTED_WITHIN_S = 300
+FAULT_TEST_TIMEOUT_S = 1_200
 PROBE_KEY = b"probe"
 EVENT_ID = re.compile(rb'"event_id":\s*"([^"]+)"')
 
@@ -225,6 +229,26 @@ class Ledger:
         }
 
 
+def shortfall(ledger: Ledger, expected: Expected, *workers: WorkerProcess) -> Callable[[], str]:
+    """An ``explain`` for ``Follower.until``: the ledger's summary, a sample of the events
+    not yet accounted for, and the end of each worker's log."""
+
+    def explain() -> str:
+        unpredicted = sorted(ledger.unpredicted(expected))
+        missing = ledger.missing_rejections(expected)
+        parts = [
+            json.dumps(ledger.summary(expected), sort_keys=True),
+            f"unpredicted ({len(unpredicted)}), first ones: {unpredicted[:10]}",
+            f"missing rejections, first ones: {sorted(missing.items())[:10]}",
+        ]
+        parts.extend(
+            f"--- {worker.log_path.name}, last lines:\n{worker.log_tail(30)}" for worker in workers
+        )
+        return "\n".join(parts)
+
+    return explain
+
+
 class Follower:
     """Reads the predictions and dead-letter topics from the beginning into a ledger."""
 
@@ -272,16 +296,22 @@ class Follower:
         *,
         alive: Callable[[], bool] | None = None,
         what: str = "the condition",
+        explain: Callable[[], str] | None = None,
     ) -> float:
         """Read until ``condition(ledger)`` holds; the seconds it took. ``alive`` is checked
-        on the way, so a dead worker fails the wait at once instead of at the timeout."""
+        on the way, so a dead worker fails the wait at once instead of at the timeout;
+        ``explain`` says what was missing when the wait fails."""
         started = time.monotonic()
         deadline = started + timeout_s
         while not condition(self.ledger):
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{what} did not hold within {timeout_s:.0f} s")
+                detail = f"\n{explain()}" if explain is not None else ""
+                raise TimeoutError(f"{what} did not hold within {timeout_s:.0f} s{detail}")
             if alive is not None and not alive():
-                raise RuntimeError(f"a worker died or an agent crashed while waiting for {what}")
+                detail = f"\n{explain()}" if explain is not None else ""
+                raise RuntimeError(
+                    f"a worker died or an agent crashed while waiting for {what}{detail}"
+                )
             await self.poll()
         return time.monotonic() - started
 

@@ -18,10 +18,22 @@ import pytest
 from headrace import infra, scenario
 from headrace.kafka_io import produce
 from streams.synthetic import MixSpec, PaymentGenerator
-from tests.faults.ledger import Expected, Follower, healthy, write_report
+from tests.faults.ledger import (
+    ACCOUNTED_WITHIN_S,
+    FAULT_TEST_TIMEOUT_S,
+    Expected,
+    Follower,
+    healthy,
+    shortfall,
+    write_report,
+)
 from tests.integration.conftest import IsolatedRun
 
-pytestmark = [pytest.mark.integration, pytest.mark.faults]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.faults,
+    pytest.mark.timeout(FAULT_TEST_TIMEOUT_S),
+]
 
 BEFORE = 20_000
 AFTER = 10_000
@@ -66,9 +78,10 @@ def test_worker_recovers_from_a_broker_restart(scoring: IsolatedRun) -> None:
             )
             drained_s = await follower.until(
                 lambda ledger: ledger.complete(expected),
-                timeout_s=600,
+                timeout_s=ACCOUNTED_WITHIN_S,
                 alive=healthy(worker),
                 what="every event accounted for",
+                explain=shortfall(ledger, expected, worker),
             )
             await follower.settle()
             after = [t for t in ledger.output_times_ms if t >= ready_ms]

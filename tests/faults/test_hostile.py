@@ -23,10 +23,21 @@ from streams.codecs import DEAD_LETTER_ORIGINAL_MAX
 from streams.envelope import Reason
 from streams.hostile import HUGE_MIN_BYTES, HostileMessage, describe, hostile_messages
 from streams.synthetic import MixSpec, PaymentGenerator
-from tests.faults.ledger import Follower, Ledger, healthy, write_report
+from tests.faults.ledger import (
+    ACCOUNTED_WITHIN_S,
+    FAULT_TEST_TIMEOUT_S,
+    Follower,
+    Ledger,
+    healthy,
+    write_report,
+)
 from tests.integration.conftest import IsolatedRun
 
-pytestmark = [pytest.mark.integration, pytest.mark.faults]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.faults,
+    pytest.mark.timeout(FAULT_TEST_TIMEOUT_S),
+]
 
 HOSTILE = 10_000
 VALID_EVERY = 100
@@ -87,7 +98,7 @@ def test_hostile_inputs_are_all_dead_letters_and_the_worker_survives(
                 lambda ledger: (
                     len(lettered(ledger)) == HOSTILE and valid_ids <= ledger.predictions.keys()
                 ),
-                timeout_s=600,
+                timeout_s=ACCOUNTED_WITHIN_S,
                 alive=healthy(worker),
                 what="a dead letter for every hostile message and a prediction for every valid one",
             )

@@ -16,10 +16,21 @@ from typing import Any
 import pytest
 
 from tests.faults.conftest import start_another_worker, start_under_load
-from tests.faults.ledger import Follower, healthy, write_report
+from tests.faults.ledger import (
+    ACCOUNTED_WITHIN_S,
+    FAULT_TEST_TIMEOUT_S,
+    Follower,
+    healthy,
+    shortfall,
+    write_report,
+)
 from tests.integration.conftest import IsolatedRun
 
-pytestmark = [pytest.mark.integration, pytest.mark.faults]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.faults,
+    pytest.mark.timeout(FAULT_TEST_TIMEOUT_S),
+]
 
 EVENTS = 60_000
 JOIN_AFTER_OUTPUTS = 15_000
@@ -41,9 +52,10 @@ def test_second_worker_joins_under_load(scoring: IsolatedRun) -> None:
             second = start_another_worker(scoring, "worker-2")
             await follower.until(
                 lambda ledger: ledger.complete(expected),
-                timeout_s=600,
+                timeout_s=ACCOUNTED_WITHIN_S,
                 alive=healthy(first, second),
                 what="every event accounted for",
+                explain=shortfall(ledger, expected, first, second),
             )
             await sending
             await follower.settle()

@@ -15,10 +15,21 @@ from typing import Any
 import pytest
 
 from tests.faults.conftest import start_under_load
-from tests.faults.ledger import Follower, healthy, write_report
+from tests.faults.ledger import (
+    ACCOUNTED_WITHIN_S,
+    FAULT_TEST_TIMEOUT_S,
+    Follower,
+    healthy,
+    shortfall,
+    write_report,
+)
 from tests.integration.conftest import IsolatedRun
 
-pytestmark = [pytest.mark.integration, pytest.mark.faults]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.faults,
+    pytest.mark.timeout(FAULT_TEST_TIMEOUT_S),
+]
 
 EVENTS = 50_000
 KILL_AFTER_OUTPUTS = 20_000
@@ -44,9 +55,10 @@ def test_sigkill_mid_stream_every_event_is_accounted_for(scoring: IsolatedRun) -
             restarted_at = time.time()
             await follower.until(
                 lambda ledger: ledger.complete(expected),
-                timeout_s=600,
+                timeout_s=ACCOUNTED_WITHIN_S,
                 alive=healthy(second),
                 what="every event accounted for",
+                explain=shortfall(ledger, expected, second),
             )
             await follower.settle()
             assert second.alive, second.log_tail()

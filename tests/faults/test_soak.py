@@ -26,7 +26,14 @@ import pytest
 from headrace import scenario
 from headrace.kafka_io import produce
 from streams.synthetic import MixSpec, PaymentGenerator
-from tests.faults.ledger import Expected, Follower, healthy, write_report
+from tests.faults.ledger import (
+    ACCOUNTED_WITHIN_S,
+    Expected,
+    Follower,
+    healthy,
+    shortfall,
+    write_report,
+)
 from tests.integration.conftest import IsolatedRun
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
@@ -102,9 +109,10 @@ def test_soak_memory_stays_flat(scoring: IsolatedRun) -> None:
             load_s = time.monotonic() - started
             drained_s = await follower.until(
                 lambda ledger: ledger.complete(expected),
-                timeout_s=600,
+                timeout_s=ACCOUNTED_WITHIN_S,
                 alive=healthy(worker),
                 what="every event accounted for",
+                explain=shortfall(ledger, expected, worker),
             )
             assert worker.alive, worker.log_tail()
             return {

@@ -5,7 +5,8 @@ Validation and featurization run in one agent: every Kafka hop costs a produce a
 consume, so splitting them would cost throughput for nothing. The agent is thin: the
 pipeline decides, the agent writes. Its state lives in changelogged tables on RocksDB:
 the ids seen within the dedup horizon (one block of them per partition per batch, see
-``streams.dedup``), the outlier statistics, and each entity's windows;
+``streams.dedup``), the outlier statistics, and each entity's windows, written once a
+batch in an order that survives a crash between any two writes (``streams.pipeline``);
 a restarted worker resumes where it stopped, and a message read again after a restart is
 not counted twice (entity states keep the offset of the last message they applied).
 
@@ -169,17 +170,19 @@ async def ingest_one(event: Any) -> Sent | None:
             latest_features[outcome.envelope.entity_id] = outcome.features.row.to_json().decode()
     METRICS.ingest_accepted(time.perf_counter() - began)
     if not outcome.redelivered:
-        _count_for_checkpoint(partition)
+        _since_checkpoint[partition] = _since_checkpoint.get(partition, 0) + 1
     return sent
 
 
-def _count_for_checkpoint(partition: int) -> None:
-    count = _since_checkpoint.get(partition, 0) + 1
-    if count >= SCREEN_CHECKPOINT_EVERY:
+def flush(partition: int) -> None:
+    """Write what the partition's messages changed (seen ids, then entity states), then
+    its outlier statistics when a checkpoint is due: a checkpoint never holds what a
+    message taught the screen unless the message's outcome is stored too."""
+    pipeline.flush(partition)
+    if _since_checkpoint.get(partition, 0) >= SCREEN_CHECKPOINT_EVERY:
         for key, state in pipeline.partition_states(partition).items():
             screen_state[key] = base64.b64encode(state).decode("ascii")
-        count = 0
-    _since_checkpoint[partition] = count
+        _since_checkpoint[partition] = 0
 
 
 def _rebuild_if_needed() -> None:
@@ -215,7 +218,7 @@ async def ingest(stream: Any) -> None:
         async for event in stream.events():
             _rebuild_if_needed()
             await ingest_one(event)
-            pipeline.flush_seen(event.message.partition)
+            flush(event.message.partition)
         return
     within_s = settings.score_within_ms / 1000
     async for events in stream.take_events(settings.score_max_batch, within=within_s):
@@ -230,8 +233,8 @@ async def ingest(stream: Any) -> None:
             last_of[event.message.partition] = event
             if position % YIELD_EVERY == 0:  # the producer and the web server get a turn
                 await asyncio.sleep(0)
-        for partition, event in last_of.items():  # one block of seen ids per partition
+        for partition, event in last_of.items():  # one write per changed key and partition
             with current(event):
-                pipeline.flush_seen(partition)
+                flush(partition)
         if sent:
             await score_sent(sent)

@@ -22,6 +22,7 @@ COUNTRIES = ["DE", "FR", "GB", "US", "CH", "NL"]
 
 
 START_MS = 1_767_225_600_000
+BATCH = 256  # events between writes of the changed states, as the worker's batches
 
 
 def synthetic_envelopes(
@@ -65,10 +66,13 @@ def updates_per_s(spec_path: Path, count: int = 100_000, repeats: int = 3) -> di
     rates = []
     for _ in range(repeats):
         featurizer = Featurizer(spec, {})
-        process = featurizer.process
+        process, flush = featurizer.process, featurizer.flush
         started = time.perf_counter()
         for offset, envelope in enumerate(envelopes):
             process(envelope, 0, offset)
+            if offset % BATCH == BATCH - 1:
+                flush(0)
+        flush(0)
         rates.append(count / (time.perf_counter() - started))
     pairs = sum(len(a.windows) for a in spec.aggregates)
     rate = statistics.median(rates)
@@ -114,6 +118,8 @@ def state_rss_growth(
             if not isinstance(result, Featured):
                 raise TypeError(f"a benchmark event was late: {result}")
             offset += 1
+            if offset % BATCH == 0:
+                featurizer.flush(0)
         clock = batch[-1].event_time
         del batch
         if offset == checkpoint:

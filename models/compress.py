@@ -117,10 +117,18 @@ def compact_names(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def quantize_int8(onnx_path: Path, out_path: Path) -> Path:
-    """Dynamic int8 quantization of an exported graph; same inputs and outputs."""
+    """Dynamic int8 quantization of an exported graph; same inputs and outputs.
+
+    Weights are quantized per output channel to 7 bits (``reduce_range``): x86 CPUs
+    without VNNI multiply u8 by s8 with 16-bit intermediate sums that saturate at full
+    range. Measured on an AMD EPYC without VNNI (the unit test's ensemble, 500 rows):
+    the largest error in mean probability was 0.059 with 8-bit per-tensor weights,
+    0.016 with these settings."""
     out_path.parent.mkdir(parents=True, exist_ok=True)
     rewritten = gemm_to_matmul(onnx.load(str(onnx_path)))
-    quantize_dynamic(rewritten, out_path, weight_type=QuantType.QInt8)
+    quantize_dynamic(
+        rewritten, out_path, weight_type=QuantType.QInt8, per_channel=True, reduce_range=True
+    )
     onnx.save(compact_names(onnx.load(str(out_path))), str(out_path))
     return out_path
 

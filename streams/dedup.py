@@ -71,6 +71,10 @@ class Deduplicator:
     def __len__(self) -> int:
         return len(self._memory)
 
+    def knows(self, event_id: str) -> bool:
+        """Whether the id is remembered, whatever its outcome."""
+        return event_id in self._memory
+
     def entries(self) -> dict[str, list[int]]:
         """Every remembered id with ``[event_time, offset(, outcome)]``, flushed or not."""
         return {event_id: list(stored) for event_id, (stored, _) in self._memory.items()}

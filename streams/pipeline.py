@@ -9,6 +9,13 @@ passes the raw bytes with the partition and offset they came from. In order:
 3. late: older than the partition's watermark minus the grace (with a featurizer);
 4. outliers, which learn only from accepted values;
 5. the event is remembered and folded into its entity's windows (``Featurizer``).
+
+Nothing reaches the stores until :meth:`ValidationPipeline.flush` (the worker: once per
+partition per batch, before the batch's offsets are committed), and then in an order that
+survives a crash between any two writes: first the seen ids with each message's outcome,
+then the entity states. A restarted worker that finds a message in an entity's state
+therefore also finds its outcome; one whose outcome was kept but whose state was not
+simply applies it again.
 """
 
 from __future__ import annotations
@@ -41,6 +48,10 @@ class PipelineCounters:
 
 
 class ValidationPipeline:
+    # Changed entity states per partition held back before they are flushed anyway (a
+    # caller that never flushes; the worker flushes every batch, a few hundred events).
+    flush_max = 1_000
+
     def __init__(
         self,
         spec: DomainSpec,
@@ -89,12 +100,15 @@ class ValidationPipeline:
         if self.featurizer is not None:
             self.featurizer.rebuild(entity_states)
 
-    def flush_seen(self, partition: int) -> None:
-        """Write the ids the partition remembered since its last flush to the store, as
-        one block; due before the offsets of their messages are committed."""
+    def flush(self, partition: int) -> None:
+        """Write what the partition's messages changed since its last flush: first the
+        ids remembered (one block), then the entity states. Due before the offsets of the
+        messages are committed."""
         dedup = self._dedups.get(partition)
         if dedup is not None:
             dedup.flush()
+        if self.featurizer is not None:
+            self.featurizer.flush(partition)
 
     def screen_for(self, partition: int, schema: str) -> OutlierScreen:
         key = (partition, schema)
@@ -117,7 +131,7 @@ class ValidationPipeline:
             counters.rejected[reason] = counters.rejected.get(reason, 0) + 1
         return outcome
 
-    def _screen(  # noqa: PLR0911 - one return per check, in the order they run
+    def _screen(
         self,
         outcome: Accepted,
         partition: int,
@@ -129,26 +143,21 @@ class ValidationPipeline:
         if dedup is None:
             dedup = self.dedup_for(partition)
         recalled = dedup.recall(envelope.event_id, offset if offset >= 0 else None)
-        if recalled == DUPLICATE:
-            return Rejected(
-                Reason.DUPLICATE,
-                f"event_id seen within the last {self.spec.dedup_horizon_ms} ms",
-                envelope.event_id,
-                envelope.entity_id,
-            )
         if recalled is not None:
-            reason = Reason.LATE if recalled == REJECTED_LATE else Reason.OUTLIER
-            return Rejected(
-                reason,
-                f"rejected as {reason} before a restart",
-                envelope.event_id,
-                envelope.entity_id,
-            )
+            return self._rejected_again(outcome, recalled)
         featurizer = self.featurizer
-        state = featurizer.state_of(envelope.entity_id) if featurizer is not None else None
+        state = (
+            featurizer.state_of(envelope.entity_id, partition) if featurizer is not None else None
+        )
         if featurizer is not None and state is not None and state["off"] >= offset:
-            featured = featurizer.process(envelope, partition, offset, state)
-            return outcome._replace(features=featured, redelivered=True)
+            return self._redelivered(
+                outcome,
+                dedup,
+                featurizer=featurizer,
+                partition=partition,
+                offset=offset,
+                state=state,
+            )
         if featurizer is not None:
             late = featurizer.late_detail(partition, envelope.event_time)
             if late is not None:
@@ -171,7 +180,43 @@ class ValidationPipeline:
         if featurizer is None:
             return outcome
         featured = featurizer.process(envelope, partition, offset, state)
+        if featurizer.unwritten(partition) >= self.flush_max:
+            self.flush(partition)
         return outcome._replace(features=featured)
+
+    def _rejected_again(self, outcome: Accepted, recalled: int) -> Rejected:
+        """A copy of an accepted event, or a message rejected before a restart."""
+        envelope = outcome.envelope
+        if recalled == DUPLICATE:
+            return Rejected(
+                Reason.DUPLICATE,
+                f"event_id seen within the last {self.spec.dedup_horizon_ms} ms",
+                envelope.event_id,
+                envelope.entity_id,
+            )
+        reason = Reason.LATE if recalled == REJECTED_LATE else Reason.OUTLIER
+        return Rejected(
+            reason, f"rejected as {reason} before a restart", envelope.event_id, envelope.entity_id
+        )
+
+    @staticmethod
+    def _redelivered(  # noqa: PLR0913 - what _screen has in hand
+        outcome: Accepted,
+        dedup: Deduplicator,
+        *,
+        featurizer: Featurizer,
+        partition: int,
+        offset: int,
+        state: EntityState,
+    ) -> Accepted:
+        """A message its entity's state already holds: featured again, changing nothing."""
+        envelope = outcome.envelope
+        if not dedup.knows(envelope.event_id):
+            # The state was stored without the outcome (stores that lost the order of the
+            # writes): remember it now, so that a copy of it is still a duplicate.
+            dedup.remember(envelope.event_id, envelope.event_time, offset)
+        featured = featurizer.process(envelope, partition, offset, state)
+        return outcome._replace(features=featured, redelivered=True)
 
     def partition_states(self, partition: int) -> dict[str, bytes]:
         """One partition's outlier statistics per schema, for checkpointing in a table."""

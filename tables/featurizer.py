@@ -5,6 +5,12 @@ rejects events older than the watermark minus the grace as late, folds accepted 
 into their entity's state, and deletes entities whose newest event fell out of every
 window. States live in a mapping the caller provides: a changelogged Faust table on RocksDB
 in the worker, a dict in tests and benchmarks.
+
+Writes are held back until the caller flushes the partition (:meth:`Featurizer.flush`,
+once a batch in the worker): an entity seen several times in a batch costs one write, and
+the caller decides what reaches the store first. The worker writes the batch's seen ids
+before its states, so a state never holds a message whose outcome the deduplicator could
+forget in a crash (``streams.pipeline``).
 """
 
 from __future__ import annotations
@@ -55,6 +61,8 @@ class Featurizer:
         self.spec = spec
         self._plan = FeaturePlan(spec)
         self._states = states
+        # partition -> entity -> its state not yet written (None: to be deleted)
+        self._unwritten: dict[int, dict[str, EntityState | None]] = {}
         self._watermarks: dict[int, int] = {}
         self._expiry: dict[int, list[tuple[int, str]]] = {}
         self._since_sweep: dict[int, int] = {}
@@ -73,10 +81,32 @@ class Featurizer:
             f"{watermark}; grace is {self.spec.grace_ms} ms"
         )
 
-    def state_of(self, entity_id: str) -> EntityState | None:
-        """The entity's stored state: a caller that needs it before ``process`` reads it
-        once and passes it in (each read is a RocksDB get and a decode in the worker)."""
+    def state_of(self, entity_id: str, partition: int) -> EntityState | None:
+        """The entity's state, written or not: a caller that needs it before ``process``
+        reads it once and passes it in (each read of the store is a RocksDB get and a
+        decode in the worker)."""
+        unwritten = self._unwritten.get(partition)
+        if unwritten is not None and entity_id in unwritten:
+            return unwritten[entity_id]
         return self._states.get(entity_id)
+
+    def unwritten(self, partition: int) -> int:
+        """How many of the partition's entities changed since its last flush."""
+        return len(self._unwritten.get(partition, ()))
+
+    def flush(self, partition: int) -> int:
+        """Write the partition's changed states to the store (and delete the expired
+        ones); how many keys were written."""
+        unwritten = self._unwritten.pop(partition, None)
+        if not unwritten:
+            return 0
+        states = self._states
+        for entity_id, state in unwritten.items():
+            if state is None:
+                states.pop(entity_id, None)
+            else:
+                states[entity_id] = state
+        return len(unwritten)
 
     def process(
         self,
@@ -90,7 +120,7 @@ class Featurizer:
         entity_id, event_id = envelope.entity_id, envelope.event_id
         event_time, payload = envelope.event_time, envelope.payload
         if isinstance(state, Unread):
-            state = self._states.get(entity_id)
+            state = self.state_of(entity_id, partition)
         if state is not None and state["off"] >= offset:
             previous = (state["pt"], state["pv"])
             values = features_of(state, self._plan, event_time, payload, previous)
@@ -111,7 +141,10 @@ class Featurizer:
         watermark = max(self._watermarks.get(partition, event_time), event_time)
         self._watermarks[partition] = watermark
         expire_steps(state, self._plan, watermark)
-        self._states[entity_id] = state
+        unwritten = self._unwritten.get(partition)
+        if unwritten is None:
+            unwritten = self._unwritten[partition] = {}
+        unwritten[entity_id] = state
         if created:
             heapq.heappush(self._expiry.setdefault(partition, []), (state["lt"], entity_id))
         count = self._since_sweep.get(partition, 0) + 1
@@ -138,11 +171,11 @@ class Featurizer:
         # an entity updated since goes back in with its current newest time.
         while heap and heap[0][0] < cutoff:
             _, entity_id = heapq.heappop(heap)
-            state = self._states.get(entity_id)
+            state = self.state_of(entity_id, partition)
             if state is None or state["p"] != partition:
                 continue
             if state["lt"] < cutoff:
-                del self._states[entity_id]
+                self._unwritten.setdefault(partition, {})[entity_id] = None
                 expired.append(entity_id)
             else:
                 heapq.heappush(heap, (state["lt"], entity_id))
@@ -150,7 +183,9 @@ class Featurizer:
         return expired
 
     def rebuild(self, states: Iterable[tuple[str, EntityState]]) -> None:
-        """Re-index watermarks and expiry from stored states, e.g. after recovery."""
+        """Re-index watermarks and expiry from stored states, e.g. after recovery; what
+        was not written is dropped."""
+        self._unwritten.clear()
         self._watermarks.clear()
         self._expiry.clear()
         for entity_id, state in states:

@@ -51,7 +51,7 @@ def test_state_survives_a_rebuild_from_its_stores(payments_spec: DomainSpec) -> 
     first = ValidationPipeline(payments_spec, seen)
     for message in messages:
         assert isinstance(first.process(message.value, 0), Accepted)
-    first.flush_seen(0)  # as the worker does before the batch's offsets are committed
+    first.flush(0)  # as the worker does before the batch's offsets are committed
     screens = first.partition_states(0)
     restarted = ValidationPipeline(payments_spec, seen)
     restarted.rebuild(seen.items(), screens.items())
@@ -84,7 +84,7 @@ def test_a_late_message_read_again_after_a_restart_is_late_again(payments_spec: 
     late = first.process(event("b", base), 0, 1)
     assert late.reason is Reason.LATE  # type: ignore[union-attr]
     assert isinstance(first.process(event("c", base + 600_001), 0, 2), Accepted)
-    first.flush_seen(0)
+    first.flush(0)
     restarted = ValidationPipeline(payments_spec, seen, states)
     restarted.rebuild(seen.items(), [], states.items())
     again = restarted.process(event("b", base), 0, 1)

@@ -146,9 +146,7 @@ class ValidationPipeline:
         if recalled is not None:
             return self._rejected_again(outcome, recalled)
         featurizer = self.featurizer
-        state = (
-            featurizer.state_of(envelope.entity_id, partition) if featurizer is not None else None
-        )
+        state = featurizer.state_of(envelope.entity_id) if featurizer is not None else None
         if featurizer is not None and state is not None and state["off"] >= offset:
             return self._redelivered(
                 outcome,

@@ -61,8 +61,10 @@ class Featurizer:
         self.spec = spec
         self._plan = FeaturePlan(spec)
         self._states = states
-        # partition -> entity -> its state not yet written (None: to be deleted)
-        self._unwritten: dict[int, dict[str, EntityState | None]] = {}
+        # entity -> (the partition of its last event, its state not yet written; None: to
+        # be deleted), and how many of them each partition holds
+        self._unwritten: dict[str, tuple[int, EntityState | None]] = {}
+        self._unwritten_in: dict[int, int] = {}
         self._watermarks: dict[int, int] = {}
         self._expiry: dict[int, list[tuple[int, str]]] = {}
         self._since_sweep: dict[int, int] = {}
@@ -81,32 +83,41 @@ class Featurizer:
             f"{watermark}; grace is {self.spec.grace_ms} ms"
         )
 
-    def state_of(self, entity_id: str, partition: int) -> EntityState | None:
+    def state_of(self, entity_id: str) -> EntityState | None:
         """The entity's state, written or not: a caller that needs it before ``process``
         reads it once and passes it in (each read of the store is a RocksDB get and a
         decode in the worker)."""
-        unwritten = self._unwritten.get(partition)
-        if unwritten is not None and entity_id in unwritten:
-            return unwritten[entity_id]
+        unwritten = self._unwritten.get(entity_id)
+        if unwritten is not None:
+            return unwritten[1]
         return self._states.get(entity_id)
 
     def unwritten(self, partition: int) -> int:
-        """How many of the partition's entities changed since its last flush."""
-        return len(self._unwritten.get(partition, ()))
+        """How many entities the partition's events changed since its last flush."""
+        return self._unwritten_in.get(partition, 0)
+
+    def _hold(self, entity_id: str, partition: int, state: EntityState | None) -> None:
+        before = self._unwritten.get(entity_id)
+        self._unwritten[entity_id] = (partition, state)
+        if before is None or before[0] != partition:
+            self._unwritten_in[partition] = self._unwritten_in.get(partition, 0) + 1
+            if before is not None:
+                self._unwritten_in[before[0]] -= 1
 
     def flush(self, partition: int) -> int:
-        """Write the partition's changed states to the store (and delete the expired
-        ones); how many keys were written."""
-        unwritten = self._unwritten.pop(partition, None)
-        if not unwritten:
+        """Write the states the partition's events changed to the store (and delete the
+        expired ones); how many keys were written."""
+        if not self._unwritten_in.pop(partition, 0):
             return 0
+        held = [(k, state) for k, (p, state) in self._unwritten.items() if p == partition]
         states = self._states
-        for entity_id, state in unwritten.items():
+        for entity_id, state in held:
+            del self._unwritten[entity_id]
             if state is None:
                 states.pop(entity_id, None)
             else:
                 states[entity_id] = state
-        return len(unwritten)
+        return len(held)
 
     def process(
         self,
@@ -120,7 +131,7 @@ class Featurizer:
         entity_id, event_id = envelope.entity_id, envelope.event_id
         event_time, payload = envelope.event_time, envelope.payload
         if isinstance(state, Unread):
-            state = self.state_of(entity_id, partition)
+            state = self.state_of(entity_id)
         if state is not None and state["off"] >= offset:
             previous = (state["pt"], state["pv"])
             values = features_of(state, self._plan, event_time, payload, previous)
@@ -141,10 +152,7 @@ class Featurizer:
         watermark = max(self._watermarks.get(partition, event_time), event_time)
         self._watermarks[partition] = watermark
         expire_steps(state, self._plan, watermark)
-        unwritten = self._unwritten.get(partition)
-        if unwritten is None:
-            unwritten = self._unwritten[partition] = {}
-        unwritten[entity_id] = state
+        self._hold(entity_id, partition, state)
         if created:
             heapq.heappush(self._expiry.setdefault(partition, []), (state["lt"], entity_id))
         count = self._since_sweep.get(partition, 0) + 1
@@ -171,11 +179,11 @@ class Featurizer:
         # an entity updated since goes back in with its current newest time.
         while heap and heap[0][0] < cutoff:
             _, entity_id = heapq.heappop(heap)
-            state = self.state_of(entity_id, partition)
+            state = self.state_of(entity_id)
             if state is None or state["p"] != partition:
                 continue
             if state["lt"] < cutoff:
-                self._unwritten.setdefault(partition, {})[entity_id] = None
+                self._hold(entity_id, partition, None)
                 expired.append(entity_id)
             else:
                 heapq.heappush(heap, (state["lt"], entity_id))
@@ -186,6 +194,7 @@ class Featurizer:
         """Re-index watermarks and expiry from stored states, e.g. after recovery; what
         was not written is dropped."""
         self._unwritten.clear()
+        self._unwritten_in.clear()
         self._watermarks.clear()
         self._expiry.clear()
         for entity_id, state in states:

@@ -229,3 +229,37 @@ def test_state_stays_bounded_under_expiry() -> None:
     assert featurizer.expired_entities > 4_900
     steps = sum(len(cells) for state in states.values() for cells in state["w"].values())
     assert steps < 400
+
+
+@settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(
+    events=streams(),
+    partitions=st.integers(min_value=1, max_value=3),
+    flushes=st.lists(st.integers(min_value=0, max_value=3), min_size=60, max_size=60),
+)
+def test_when_states_are_written_changes_no_result(
+    events: list[Event], partitions: int, flushes: list[int]
+) -> None:
+    """States held back until a flush read the same as states written at once, whichever
+    partition an entity's events come from (the training set spreads them round-robin)."""
+    spec = small_spec()
+    held_states: dict[str, EntityState] = {}
+    written_states: dict[str, EntityState] = {}
+    held = Featurizer(spec, held_states)
+    held.expire_every = 4
+    at_once = Featurizer(spec, written_states)
+    at_once.expire_every = 4
+    for offset, (entity, t, payload) in enumerate(events):
+        partition = offset % partitions
+        got = held.process(envelope(entity, offset, t, payload), partition, offset)
+        want = at_once.process(envelope(entity, offset, t, payload), partition, offset)
+        at_once.flush(partition)
+        if flushes[offset] < partitions:
+            held.flush(flushes[offset])
+        assert type(got) is type(want)
+        if isinstance(got, Featured) and isinstance(want, Featured):
+            assert got.redelivered == want.redelivered
+            assert all(close(got.row.values[k], want.row.values[k]) for k in spec.names)
+    for partition in range(partitions):
+        held.flush(partition)
+    assert held_states == written_states

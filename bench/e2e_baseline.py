@@ -101,6 +101,8 @@ async def baseline_drain(  # noqa: PLR0913 - the run's inputs, all keyword-only
                     record = orjson.loads(value)
                     record["features_at"] = None
                     records.append(record)
+            for partition in fetched:  # what the batch changed, as the worker writes it
+                pipeline.flush(partition.partition)
             if not records:
                 continue
             now_ms = int(time.time() * 1000)

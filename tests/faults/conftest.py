@@ -13,14 +13,24 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from headrace import scenario
 from headrace.kafka_io import ProduceReport, produce
 from headrace.worker_process import WorkerProcess
 from streams.synthetic import MixSpec, PaymentGenerator, SyntheticMessage
-from tests.faults.ledger import Expected, Follower, healthy
+from tests.faults.ledger import FAULT_TEST_TIMEOUT_S, Expected, Follower, healthy
 from tests.integration.conftest import IsolatedRun, infrastructure, isolated, model_dir, scoring
 
 __all__ = ["infrastructure", "isolated", "model_dir", "scoring"]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A fault test without a limit of its own gets ``FAULT_TEST_TIMEOUT_S``: longer than
+    its waits, so a failing wait says what was missing before pytest-timeout stops it."""
+    for item in items:
+        if "tests/faults/" in item.nodeid and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(FAULT_TEST_TIMEOUT_S))
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,6 @@ from headrace.kafka_io import produce
 from streams.synthetic import MixSpec, PaymentGenerator
 from tests.faults.ledger import (
     ACCOUNTED_WITHIN_S,
-    FAULT_TEST_TIMEOUT_S,
     Expected,
     Follower,
     healthy,
@@ -29,11 +28,7 @@ from tests.faults.ledger import (
 )
 from tests.integration.conftest import IsolatedRun
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.faults,
-    pytest.mark.timeout(FAULT_TEST_TIMEOUT_S),
-]
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 BEFORE = 20_000
 AFTER = 10_000

@@ -25,7 +25,6 @@ from streams.hostile import HUGE_MIN_BYTES, HostileMessage, describe, hostile_me
 from streams.synthetic import MixSpec, PaymentGenerator
 from tests.faults.ledger import (
     ACCOUNTED_WITHIN_S,
-    FAULT_TEST_TIMEOUT_S,
     Follower,
     Ledger,
     healthy,
@@ -33,11 +32,7 @@ from tests.faults.ledger import (
 )
 from tests.integration.conftest import IsolatedRun
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.faults,
-    pytest.mark.timeout(FAULT_TEST_TIMEOUT_S),
-]
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 HOSTILE = 10_000
 VALID_EVERY = 100

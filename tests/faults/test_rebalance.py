@@ -18,7 +18,6 @@ import pytest
 from tests.faults.conftest import start_another_worker, start_under_load
 from tests.faults.ledger import (
     ACCOUNTED_WITHIN_S,
-    FAULT_TEST_TIMEOUT_S,
     Follower,
     healthy,
     shortfall,
@@ -26,11 +25,7 @@ from tests.faults.ledger import (
 )
 from tests.integration.conftest import IsolatedRun
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.faults,
-    pytest.mark.timeout(FAULT_TEST_TIMEOUT_S),
-]
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 EVENTS = 60_000
 JOIN_AFTER_OUTPUTS = 15_000

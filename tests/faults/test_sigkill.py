@@ -17,7 +17,6 @@ import pytest
 from tests.faults.conftest import start_under_load
 from tests.faults.ledger import (
     ACCOUNTED_WITHIN_S,
-    FAULT_TEST_TIMEOUT_S,
     Follower,
     healthy,
     shortfall,
@@ -25,11 +24,7 @@ from tests.faults.ledger import (
 )
 from tests.integration.conftest import IsolatedRun
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.faults,
-    pytest.mark.timeout(FAULT_TEST_TIMEOUT_S),
-]
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 EVENTS = 50_000
 KILL_AFTER_OUTPUTS = 20_000

@@ -145,12 +145,21 @@ def nonconformity_scores(
     return aps_scores(probs, labels, randomised=randomised, rng=rng)
 
 
-def _threshold_from_sorted(sorted_scores: FloatArray, alpha: float) -> float:
+def conformal_rank(n: int, alpha: float) -> int:
+    """k = ceil((n + 1)(1 - alpha)), the product taken to 9 decimals first.
+
+    Floating point makes an exact integer product a hair too large (9 * (1 - 1/3) is
+    6.000000000000001, 10 * (1 - 0.1) is 9.000000000000002); taken raw, ceil would move
+    the threshold one order statistic up for such alphas.
+    """
     if not math.isfinite(alpha):
         raise ValueError(f"alpha must be finite, got {alpha!r}")
+    return math.ceil(round((n + 1) * (1.0 - alpha), 9))
+
+
+def _threshold_from_sorted(sorted_scores: FloatArray, alpha: float) -> float:
     n = sorted_scores.size
-    # round() keeps an exact integer (n + 1)(1 - alpha) from rounding up to the next rank
-    rank = math.ceil(round((n + 1) * (1.0 - alpha), 9))
+    rank = conformal_rank(n, alpha)
     if rank > n:
         return math.inf
     if rank < 1:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+from fractions import Fraction
 from typing import NamedTuple
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -19,6 +20,7 @@ from models.conformal import (
     ScoreMethod,
     aps_scores,
     calibrate,
+    conformal_rank,
     conformal_threshold,
     empirical_coverage,
     lac_scores,
@@ -108,14 +110,38 @@ def test_threshold_on_a_tiny_example() -> None:
     assert conformal_threshold(scores, 1.0) == -math.inf
 
 
+@pytest.mark.parametrize(
+    ("n", "alpha", "rank"),
+    [
+        (8, 1 / 3, 6),
+        (9, 0.1, 9),
+        (9, 0.2, 8),
+        (99, 0.1, 90),
+        (100, 0.1, 91),
+        (4, 0.5, 3),
+        (9, 0.05, 10),
+    ],
+)
+def test_rank_is_exact_when_the_product_is_an_integer(n: int, alpha: float, rank: int) -> None:
+    assert conformal_rank(n, alpha) == rank
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 10_000), st.integers(1, 999))
+def test_rank_matches_exact_arithmetic_for_decimal_alphas(n: int, per_mille: int) -> None:
+    exact = Fraction(n + 1) * (1 - Fraction(per_mille, 1000))
+    assert conformal_rank(n, per_mille / 1000) == math.ceil(exact)
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     hnp.arrays(np.float64, st.integers(1, 60), elements=st.sampled_from([0.0, 0.5, 1.0])),
     st.floats(0.001, 0.999),
 )
+@example(np.array([0.5, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]), 1 / 3)  # 9 * (1 - 1/3) in floats
 def test_threshold_is_the_conformal_rank_even_with_ties(scores: np.ndarray, alpha: float) -> None:
     threshold = conformal_threshold(scores, alpha)
-    rank = math.ceil((scores.size + 1) * (1.0 - alpha))
+    rank = conformal_rank(scores.size, alpha)
     if rank > scores.size:
         assert threshold == math.inf
     else:

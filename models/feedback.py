@@ -18,12 +18,13 @@ the shadow since it started.
 
 from __future__ import annotations
 
+import bisect
+import math
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import orjson
 
 from models.conformal import DEFAULT_GAMMA, AdaptiveConformal, CalibrationScores
@@ -139,18 +140,46 @@ def expired(entry: Mapping[str, Any], now_ms: int, ttl_ms: int) -> bool:
     return int(entry.get("updated_ms", 0)) + ttl_ms < now_ms
 
 
+class SlidingQuantile:
+    """The ``q``-th percentile of the latest ``size`` values, as ``np.percentile`` gives it
+    (linear interpolation), kept sorted as values come and go: an update moves memory
+    (bisect, insert, delete) and a read is O(1), where sorting the window on every read
+    cost the rollout controller about 0.2 ms per outcome at 10,000 values."""
+
+    def __init__(self, size: int, q: float) -> None:
+        if size < 1 or not 0 <= q <= 100:
+            raise ValueError(f"size must be >= 1 and q in [0, 100], not {size}, {q}")
+        self._q = q
+        self._arrivals: deque[float] = deque(maxlen=size)
+        self._sorted: list[float] = []
+
+    def __len__(self) -> int:
+        return len(self._arrivals)
+
+    def add(self, value: float) -> None:
+        if len(self._arrivals) == self._arrivals.maxlen:
+            del self._sorted[bisect.bisect_left(self._sorted, self._arrivals[0])]
+        self._arrivals.append(value)
+        bisect.insort(self._sorted, value)
+
+    def value(self) -> float:
+        if not self._sorted:
+            raise ValueError("no values yet")
+        position = (len(self._sorted) - 1) * self._q / 100
+        below = math.floor(position)
+        above = min(below + 1, len(self._sorted) - 1)
+        low, high = self._sorted[below], self._sorted[above]
+        return low + (high - low) * (position - below)
+
+
 @dataclass
 class _Arm:
     n: int = 0
     errors: int = 0
-    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
+    latencies: SlidingQuantile = field(default_factory=lambda: SlidingQuantile(LATENCY_SAMPLES, 99))
 
     def stats(self) -> ArmStats:
-        p99 = (
-            float(np.percentile(np.array(self.latencies), 99))
-            if len(self.latencies) >= MIN_LATENCY_SAMPLES
-            else None
-        )
+        p99 = self.latencies.value() if len(self.latencies) >= MIN_LATENCY_SAMPLES else None
         # A correction of an outcome counted before a restart can take one back too many.
         return ArmStats(self.n, min(max(self.errors, 0), self.n), p99)
 
@@ -216,7 +245,7 @@ def _count(arm: _Arm, outcome: Mapping[str, Any], current: bool) -> None:
     if superseded is None:
         arm.n += 1
         if outcome.get("latency_ms") is not None:
-            arm.latencies.append(float(outcome["latency_ms"]))
+            arm.latencies.add(float(outcome["latency_ms"]))
     elif superseded:
         arm.errors -= 1
     arm.errors += bool(outcome["error"])

@@ -26,6 +26,7 @@ from pathlib import Path
 import click
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 
 from headrace import demo_report, infra, scenario
 from headrace.demo_world import Labeler
@@ -50,12 +51,22 @@ DEMO_WORKER_ENV = {
     "HEADRACE_RETRAIN_ALERTS": "model.error",
     "HEADRACE_RETRAIN_SETTLE_S": "15",
     "HEADRACE_RETRAIN_COOLDOWN_S": "60",
+    # The stream's error rate creeps up by about 5 points before its concept drift (10.2%
+    # -> 15.6% measured); a retraining on that alert mixes the old concept's labels in and
+    # its cooldown then holds off the one the drift needs. The drift adds 25 points.
+    "HEADRACE_DRIFT_ERROR_MIN_RISE": "0.10",
     "HEADRACE_ROLLOUT_MIN_SAMPLES": "100",
     # The shared 2-core machine runs the servers, the worker, a retraining and this
     # process at once: a canary is judged on its errors, its latency only when far off.
     "HEADRACE_ROLLOUT_P99_SLO_MS": "250",
 }
 EXTRA_S = 90.0  # how long the stream may run past its planned length for the rollout
+# The producer holds back while more than this much of the plan's traffic waits for the
+# worker on any of its input topics (committed offsets trail by a second or two): a
+# machine that cannot keep up with the rate gets a slower stream, not a backlog that
+# delays every label, every rollout step and the end of the demo by minutes.
+MAX_BACKLOG_S = 5.0
+STALLED_S = 30.0  # a backlog not shrinking for this long: the worker has stopped
 
 
 @dataclass
@@ -218,6 +229,8 @@ async def _stream(
     )
     await producer.start()
     stream = Stream(producer, settings.topics.raw, iter(generator))
+    accounting = asyncio.create_task(_measure_backlog(settings, stream, stop))
+    started = time.monotonic()
     try:
         await _produce(stream, plan, progress, lambda: False)
         if not ended:
@@ -234,8 +247,14 @@ async def _stream(
         await producer.stop()
         await asyncio.sleep(3)  # the last labels and lifecycle events
         stop.set()
-        await asyncio.gather(labelling, watching, return_exceptions=True)
-    click.echo(f"\nlabels sent: {labeler.sent:,} ({labeler.positives:,} fraud)")
+        await asyncio.gather(labelling, watching, accounting, return_exceptions=True)
+    elapsed = time.monotonic() - started
+    click.echo(
+        f"\nproduced {len(stream.produced):,} payments in {elapsed:.0f} s "
+        f"({len(stream.produced) / elapsed:.0f}/s; asked {plan.rate:.0f}/s, "
+        f"held back {stream.held_s:.0f} s while the worker caught up)"
+    )
+    click.echo(f"labels sent: {labeler.sent:,} ({labeler.positives:,} fraud)")
     return stream.produced, (ended[0] if ended else None)
 
 
@@ -247,20 +266,31 @@ class Stream:
     topic: str
     messages: Iterator[SyntheticMessage]
     produced: list[SyntheticMessage] = field(default_factory=list)
+    backlog: int = 0  # messages waiting for the worker on its most behind input topic
+    held_s: float = 0.0  # time spent waiting for the worker
 
 
 async def _produce(
     stream: Stream, plan: DemoPlan, progress: Progress, until: Callable[[], bool]
 ) -> None:
     """Send at the plan's rate: up to the plan's count first, then (once past it) until
-    ``until()`` holds or the generator runs out."""
+    ``until()`` holds or the generator runs out. While more than ``MAX_BACKLOG_S`` of the
+    plan's traffic waits for the worker on any of its inputs, hold back: the pace drops to
+    what the worker sustains."""
     produced = stream.produced
     limit = plan.count if len(produced) < plan.count else None
-    started = time.perf_counter()
+    most_waiting = max(int(plan.rate * MAX_BACKLOG_S), 1)
+    next_at = time.perf_counter()
     for sent_here, message in enumerate(stream.messages, start=1):
-        delay = started + (sent_here - 1) / plan.rate - time.perf_counter()
+        if stream.backlog > most_waiting:
+            held = time.perf_counter()
+            await _wait_for_worker(stream, most_waiting)
+            stream.held_s += time.perf_counter() - held
+            next_at = max(next_at, time.perf_counter())
+        delay = next_at - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
+        next_at += 1 / plan.rate
         await stream.producer.send(stream.topic, value=message.value, key=message.key)
         produced.append(message)
         if sent_here % max(int(plan.rate) // 4, 1) == 0:
@@ -271,6 +301,39 @@ async def _produce(
         if limit is not None and len(produced) >= limit:
             progress.produced = len(produced)
             return
+
+
+async def _wait_for_worker(stream: Stream, most_waiting: int) -> None:
+    """Until the backlog is down to ``most_waiting``, or has not shrunk for ``STALLED_S``
+    (a worker that has stopped: the stream goes on and the summary shows what is missing)."""
+    least, since = stream.backlog, time.monotonic()
+    while stream.backlog > most_waiting and time.monotonic() - since < STALLED_S:
+        await asyncio.sleep(0.1)
+        if stream.backlog < least:
+            least, since = stream.backlog, time.monotonic()
+
+
+async def _measure_backlog(settings: Settings, stream: Stream, stop: asyncio.Event) -> None:
+    """Every half second, the worker's backlog: for each topic its consumer group reads,
+    the messages past the group's committed offsets (its most behind topic is kept)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False, group_id=None
+    )
+    await admin.start()
+    await consumer.start()
+    try:
+        while not stop.is_set():
+            committed = await admin.list_consumer_group_offsets(settings.app_id)
+            ends = await consumer.end_offsets(list(committed)) if committed else {}
+            behind: Counter[str] = Counter()
+            for partition, offset in committed.items():
+                behind[partition.topic] += max(ends.get(partition, 0) - max(offset.offset, 0), 0)
+            stream.backlog = max(behind.values(), default=0)
+            await asyncio.sleep(0.5)
+    finally:
+        await consumer.stop()
+        await admin.close()
 
 
 async def _watch(  # noqa: PLR0913, PLR0917 - the run's context and where to report

@@ -160,7 +160,9 @@ class LabelDriftWatch:
             return None
         version = str(outcome["version"])
         error = bool(outcome["error"])
-        detector = self.detectors.setdefault(version, ErrorDrift())
+        detector = self.detectors.get(version)
+        if detector is None:  # not setdefault: that would build a detector every outcome
+            detector = self.detectors[version] = ErrorDrift()
         signal = detector.update(error, event_time_ms=outcome.get("event_time"))
         if (
             signal is not None

@@ -2,15 +2,19 @@
 
 The demo must account for every event, see the concept drift through the error detector,
 retrain a candidate on its own, and finish the rollout (promoted or rolled back) within
-the run; its summary must carry the figures the README promises.
+the run; its summary must carry the figures the README promises. Ctrl-C stops it and its
+worker, with no traceback.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -43,3 +47,51 @@ def test_the_demo_detects_the_drift_retrains_and_finishes_the_rollout(
     assert re.search(r"replaced \w+ as champion|was rolled back", out), out[-4_000:]
     assert re.search(r"end-to-end latency .*: p50 \d+ ms, p99 \d+ ms", out)
     assert "dashboard: http://127.0.0.1:" in out
+
+
+def _processes_with(variable: str) -> list[int]:
+    """The pids whose environment holds ``variable`` (``NAME=value``)."""
+    wanted = variable.encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if wanted in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:  # gone, or not ours
+            continue
+    return found
+
+
+@pytest.mark.timeout(300)
+def test_ctrl_c_stops_the_demo_and_its_worker(infrastructure: list[infra.ServiceStatus]) -> None:
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "headrace", "demo", "--count", "20000"],
+        env={**os.environ},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert demo.stdout is not None
+    seen: list[str] = []
+    app_id = None
+    for line in demo.stdout:
+        seen.append(line)
+        if found := re.search(r"log: .*/(headrace-demo-\d+)/worker\.log", line):
+            app_id = found.group(1)
+        if line.startswith("streaming"):
+            break
+    assert app_id is not None, "".join(seen)
+    assert _processes_with(f"HEADRACE_APP_ID={app_id}"), "no worker running for the demo"
+    time.sleep(5)  # the stream is under way
+    demo.send_signal(signal.SIGINT)
+    rest, _ = demo.communicate(timeout=120)
+    out = "".join(seen) + rest
+    (ARTIFACTS / "demo-interrupted.log").write_text(out)
+    assert demo.returncode == 130, out[-4_000:]
+    assert "interrupted: stopping the worker" in out
+    assert "Traceback" not in out, out[-4_000:]
+    assert _processes_with(f"HEADRACE_APP_ID={app_id}") == []
+    # The servers were running before the demo, so the demo leaves them running.
+    assert all(service.running for service in infra.status(infra.default_state_dir()))

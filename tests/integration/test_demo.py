@@ -8,6 +8,7 @@ worker, with no traceback.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -64,34 +65,60 @@ def _processes_with(variable: str) -> list[int]:
     return found
 
 
+def _terminal_sigint() -> None:
+    """In the child: Ctrl-C as a terminal delivers it. A shell that starts a job in the
+    background (``cmd &`` in a script, as CI runners do) sets SIGINT to ignored, and a
+    Python started so never installs its KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.timeout(300)
 def test_ctrl_c_stops_the_demo_and_its_worker(infrastructure: list[infra.ServiceStatus]) -> None:
     demo = subprocess.Popen(
         [sys.executable, "-m", "headrace", "demo", "--count", "20000"],
-        env={**os.environ},
+        env={**os.environ, "PYTHONFAULTHANDLER": "1"},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=_terminal_sigint,  # noqa: PLW1509 - only a signal disposition is set
     )
     assert demo.stdout is not None
     seen: list[str] = []
     app_id = None
-    for line in demo.stdout:
-        seen.append(line)
-        if found := re.search(r"log: .*/(headrace-demo-\d+)/worker\.log", line):
-            app_id = found.group(1)
-        if line.startswith("streaming"):
-            break
-    assert app_id is not None, "".join(seen)
-    assert _processes_with(f"HEADRACE_APP_ID={app_id}"), "no worker running for the demo"
-    time.sleep(5)  # the stream is under way
-    demo.send_signal(signal.SIGINT)
-    rest, _ = demo.communicate(timeout=120)
+    try:
+        for line in demo.stdout:
+            seen.append(line)
+            if found := re.search(r"log: .*/(headrace-demo-\d+)/worker\.log", line):
+                app_id = found.group(1)
+            if line.startswith("streaming"):
+                break
+        assert app_id is not None, "".join(seen)
+        assert _processes_with(f"HEADRACE_APP_ID={app_id}"), "no worker running for the demo"
+        time.sleep(5)  # the stream is under way
+        demo.send_signal(signal.SIGINT)
+        try:
+            rest, _ = demo.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            demo.send_signal(signal.SIGABRT)  # faulthandler prints where every thread is
+            rest, _ = demo.communicate(timeout=30)
+            out = "".join(seen) + rest
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            (ARTIFACTS / "demo-interrupted.log").write_text(out)
+            pytest.fail("the demo had not stopped 120 s after Ctrl-C:\n" + out[-6_000:])
+        left = _processes_with(f"HEADRACE_APP_ID={app_id}")  # before any clean-up here
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.communicate()
+        for pid in _processes_with(f"HEADRACE_APP_ID={app_id}") if app_id else []:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
     out = "".join(seen) + rest
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / "demo-interrupted.log").write_text(out)
     assert demo.returncode == 130, out[-4_000:]
     assert "interrupted: stopping the worker" in out
     assert "Traceback" not in out, out[-4_000:]
-    assert _processes_with(f"HEADRACE_APP_ID={app_id}") == []
+    assert left == [], "the demo's worker outlived it"
     # The servers were running before the demo, so the demo leaves them running.
     assert all(service.running for service in infra.status(infra.default_state_dir()))

@@ -140,6 +140,9 @@ async def drive(
         stop.set()
         with contextlib.suppress(asyncio.CancelledError):
             await labeller
+    # The log as of the last prediction seen: a prediction names the sequence it was
+    # served at, which may be past the log read when ``until`` first held.
+    events = [logged.event for logged in await read_log(settings)]
     return events, seen, wanted
 
 

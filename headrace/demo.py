@@ -27,6 +27,7 @@ import click
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from headrace import demo_report, infra, scenario
 from headrace.demo_world import Labeler
@@ -322,16 +323,25 @@ async def _measure_backlog(settings: Settings, stream: Stream, stop: asyncio.Eve
     )
     await admin.start()
     await consumer.start()
+    warned = False
     try:
         while not stop.is_set():
-            committed = await admin.list_consumer_group_offsets(settings.app_id)
-            ends = await consumer.end_offsets(list(committed)) if committed else {}
-            behind: Counter[str] = Counter()
-            for partition, offset in committed.items():
-                behind[partition.topic] += max(ends.get(partition, 0) - max(offset.offset, 0), 0)
-            stream.backlog = max(behind.values(), default=0)
+            try:
+                offsets = await admin.list_consumer_group_offsets(settings.app_id)
+                ends = await consumer.end_offsets(list(offsets)) if offsets else {}
+            except KafkaError as error:  # no measure, no holding back
+                if not warned:
+                    click.echo(f"\n  the worker's backlog is unknown ({error!r})", err=True)
+                    warned = True
+                stream.backlog = 0
+            else:
+                stream.backlog = demo_report.most_behind(
+                    {(tp.topic, tp.partition): meta.offset for tp, meta in offsets.items()},
+                    {(tp.topic, tp.partition): end for tp, end in ends.items()},
+                )
             await asyncio.sleep(0.5)
     finally:
+        stream.backlog = 0  # a measure that has stopped never holds the stream back
         await consumer.stop()
         await admin.close()
 

@@ -128,3 +128,16 @@ def finished(events: Sequence[ModelEvent], champion: str) -> ModelEvent | None:
         if event.kind == "rolled_back" and event.version != champion:
             return event
     return None
+
+
+def most_behind(
+    committed: Mapping[tuple[str, int], int], ends: Mapping[tuple[str, int], int]
+) -> int:
+    """Messages waiting on the consumer group's most behind topic: per topic, the sum over
+    its partitions of the end offset less the committed one (no commit yet, -1, counts
+    from 0; a partition whose end is unknown counts nothing)."""
+    behind: Counter[str] = Counter()
+    for (topic, partition), offset in committed.items():
+        end = ends.get((topic, partition), 0)
+        behind[topic] += max(end - max(offset, 0), 0)
+    return max(behind.values(), default=0)

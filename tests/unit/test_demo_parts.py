@@ -13,6 +13,7 @@ from headrace.demo_report import (
     end_to_end_latency,
     error_rates,
     finished,
+    most_behind,
     timeline_line,
 )
 from headrace.demo_world import event_index, label_of, uniform
@@ -125,3 +126,17 @@ def test_alerts_are_counted_by_version_feature_and_statistic() -> None:
     error = {"version": "v1", "feature": "model.error", "statistic": "adwin"}
     assert alert_text({**error, "value": 0.4, "threshold": 0.15}).endswith("15.0% -> 40.0%")
     assert alert_text({**error, "value": None, "window": 9}).endswith("(window 9)")
+
+
+def test_the_backlog_is_the_most_behind_topics_sum_over_its_partitions() -> None:
+    committed = {("raw", 0): 100, ("raw", 1): 50, ("outcomes", 0): 10, ("labels", 0): -1}
+    ends = {("raw", 0): 130, ("raw", 1): 90, ("outcomes", 0): 60, ("labels", 0): 45}
+    assert most_behind(committed, ends) == 70  # raw: 30 + 40; outcomes 50; labels 45
+    ends[("labels", 0)] = 80  # never committed: all of it waits
+    assert most_behind(committed, ends) == 80
+
+
+def test_a_partition_without_an_end_or_ahead_of_it_counts_nothing() -> None:
+    assert most_behind({("raw", 0): 5}, {}) == 0
+    assert most_behind({("raw", 0): 50}, {("raw", 0): 40}) == 0
+    assert most_behind({}, {("raw", 0): 40}) == 0

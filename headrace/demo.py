@@ -230,7 +230,7 @@ async def _stream(
     )
     await producer.start()
     stream = Stream(producer, settings.topics.raw, iter(generator))
-    accounting = asyncio.create_task(_measure_backlog(settings, stream, stop))
+    measuring = asyncio.create_task(_measure_backlog(settings, stream, stop))
     started = time.monotonic()
     try:
         await _produce(stream, plan, progress, lambda: False)
@@ -248,7 +248,7 @@ async def _stream(
         await producer.stop()
         await asyncio.sleep(3)  # the last labels and lifecycle events
         stop.set()
-        await asyncio.gather(labelling, watching, accounting, return_exceptions=True)
+        await asyncio.gather(labelling, watching, measuring, return_exceptions=True)
     elapsed = time.monotonic() - started
     click.echo(
         f"\nproduced {len(stream.produced):,} payments in {elapsed:.0f} s "

@@ -270,6 +270,24 @@ def bench_e2e(
 
 
 @bench_group.command(
+    "demo", help="The demo's cost: CPU per payment by process, messages per payment by topic."
+)
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object as the last line")
+@click.option("--count", type=click.IntRange(min=2_000), default=24_000, show_default=True)
+def bench_demo(as_json: bool, count: int) -> None:
+    from bench.demo_cost import demo_figures
+
+    try:
+        result = demo_figures(count, say=lambda line: click.echo(line, err=True))
+    except (infra.InfraError, RuntimeError) as error:
+        _fail(str(error), code=1)
+    if not as_json:
+        for key, value in result.items():
+            click.echo(f"{key:<34} {value}")
+    click.echo(json.dumps(result))
+
+
+@bench_group.command(
     "drift", help="Drift on River's SEA stream: detection delay, false alarms, coverage."
 )
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object as the last line")

@@ -21,7 +21,6 @@ import re
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,25 +28,11 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition
 
+from bench.e2e_stats import CpuTimes, cpu_times
 from headrace import infra
 from streams.settings import Settings
 
 TICKS = os.sysconf("SC_CLK_TCK")
-
-
-@dataclass(frozen=True)
-class CpuTimes:
-    user_s: float
-    system_s: float
-    children_s: float  # waited-for children, user and system
-
-
-def cpu_times(stat: str) -> CpuTimes:
-    """The CPU times in one ``/proc/<pid>/stat`` line (fields 14-17; the command name,
-    field 2, may hold spaces and parentheses, so fields are counted after its last ``)``)."""
-    fields = stat.rsplit(")", 1)[1].split()
-    utime, stime, cutime, cstime = (int(f) for f in fields[11:15])
-    return CpuTimes(utime / TICKS, stime / TICKS, (cutime + cstime) / TICKS)
 
 
 def role_of(pid: int, cmdline: str, environ: bytes, known: Mapping[int, str]) -> str | None:
@@ -72,7 +57,7 @@ def sample(known: Mapping[int, str]) -> dict[str, CpuTimes]:
             role = role_of(pid, cmdline, (entry / "environ").read_bytes(), known)
             if role is None:
                 continue
-            times = cpu_times((entry / "stat").read_text())
+            times = cpu_times((entry / "stat").read_text(), TICKS)
         except OSError:  # gone, or not ours to read
             continue
         before = found.get(role, CpuTimes(0.0, 0.0, 0.0))

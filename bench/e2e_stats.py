@@ -95,7 +95,23 @@ def due_count(elapsed_s: float, rate: float, total: int) -> int:
     return min(total, int(elapsed_s * rate) + 1)
 
 
+@dataclass(frozen=True)
+class CpuTimes:
+    user_s: float
+    system_s: float
+    children_s: float  # waited-for children, user and system
+
+
+def cpu_times(stat_line: str, ticks_per_s: int) -> CpuTimes:
+    """A process's CPU times from its ``/proc/<pid>/stat`` line: fields 14-17 of proc(5)
+    (utime, stime, cutime, cstime), counted after the command name's last ``)`` since the
+    name may hold spaces and parentheses."""
+    fields = stat_line.rsplit(")", 1)[1].split()
+    utime, stime, cutime, cstime = (int(f) for f in fields[11:15])
+    return CpuTimes(utime / ticks_per_s, stime / ticks_per_s, (cutime + cstime) / ticks_per_s)
+
+
 def cpu_seconds(stat_line: str, ticks_per_s: int) -> float:
     """User plus system CPU time of a process from its ``/proc/<pid>/stat`` line."""
-    fields = stat_line.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / ticks_per_s
+    times = cpu_times(stat_line, ticks_per_s)
+    return times.user_s + times.system_s

@@ -7,18 +7,19 @@ from pathlib import Path
 
 import pytest
 
-from bench.demo_cost import TICKS, CpuTimes, cpu_times, per_payment, role_of
+from bench.demo_cost import TICKS, per_payment, role_of
+from bench.e2e_stats import CpuTimes, cpu_times
 
 
 def test_cpu_times_are_read_after_the_command_name_whatever_it_holds() -> None:
     # pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt
     # utime stime cutime cstime ...
     stat = "4242 (a) b (c) S 1 2 3 4 5 6 7 8 9 10 " + f"{TICKS * 3} {TICKS} {TICKS * 2} 0 20 0"
-    assert cpu_times(stat) == CpuTimes(user_s=3.0, system_s=1.0, children_s=2.0)
+    assert cpu_times(stat, TICKS) == CpuTimes(user_s=3.0, system_s=1.0, children_s=2.0)
 
 
 def test_this_process_reads_its_own_stat() -> None:
-    times = cpu_times(Path(f"/proc/{os.getpid()}/stat").read_text())
+    times = cpu_times(Path(f"/proc/{os.getpid()}/stat").read_text(), TICKS)
     assert times.user_s + times.system_s > 0
 
 

@@ -18,9 +18,14 @@ mean probability over the reference rows (efficiency, up to float rounding). For
 additive function every chain gives each feature its exact share, so the estimate is
 exact; with interactions it converges to the Shapley values as chains are added.
 
-All rows of all chains form one matrix and the model is called once. The orderings come
-from a generator seeded by the request id and the model version: an explanation is
-reproduced exactly by whoever computes it again (``headrace replay --request-id``).
+A step that sets a feature to the value it already had (the explained row and the
+reference row agree on it, both missing included) changes nothing: its row repeats the
+one before it and its contribution is exactly 0, so it is not evaluated; nor is a row
+that already equals the explained row. For payments a third of the steps are such
+repeats. The other rows of all chains form one matrix and the model is called once.
+The orderings come from a generator seeded by the request id and the model version: an
+explanation is reproduced exactly by whoever computes it again (``headrace replay
+--request-id``).
 
 Reference rows: the artifact's ``background`` (a seeded sample of the training split,
 :func:`background_sample`, saved by ``train_model``). An artifact trained before it was
@@ -97,7 +102,7 @@ class ShapleyValues:
     base_value: float  # mean f over the reference rows
     value: float  # f(x)
     chains: int  # reference rows x orderings
-    evaluations: int  # rows the model was asked for, in one call
+    evaluations: int  # rows the model was asked for, in one call (repeats skipped)
 
 
 def permutation_shapley(
@@ -124,15 +129,32 @@ def permutation_shapley(
     orders[1::2] = drawn[: chains // 2, ::-1]  # the antithetic partner of each ordering
     start = np.repeat(np.arange(rows), permutations)  # each chain's reference row
     rank = np.argsort(orders, axis=1)  # rank[c, j]: the step at which chain c sets j
+    # changed[c, k]: step k + 1 of chain c sets a feature whose value differs from its
+    # reference row's; a step that changes nothing repeats the row before it.
+    same = (background == x) | (np.isnan(background) & np.isnan(x))
+    changed = ~np.take_along_axis(same[start], orders, axis=1)
+    # to_come[c, k]: a step after step k still changes something; where none does, the
+    # row at step k is x itself.
+    to_come = np.logical_or.accumulate(changed[:, ::-1], axis=1)[:, ::-1]
     steps = np.arange(1, width)  # the rows strictly between z (step 0) and x (step width)
+    is_x = ~to_come[:, 1:]
+    evaluate = changed[:, : width - 1] & ~is_x
     from_x = rank[:, np.newaxis, :] < steps[np.newaxis, :, np.newaxis]
-    middle = np.where(from_x, x, background[start][:, np.newaxis, :]).reshape(-1, width)
+    middle = np.where(from_x, x, background[start][:, np.newaxis, :])[evaluate]
     values = np.asarray(f(np.vstack([background, x[np.newaxis], middle])), dtype=np.float64)
     at_background, at_x = values[:rows], float(values[rows])
     path = np.empty((chains, width + 1))
+    known = np.ones((chains, width + 1), dtype=bool)
     path[:, 0] = at_background[start]
-    path[:, 1:width] = values[rows + 1 :].reshape(chains, width - 1)
+    inner = np.zeros((chains, width - 1))
+    inner[evaluate] = values[rows + 1 :]
+    inner[is_x] = at_x
+    path[:, 1:width] = inner
     path[:, width] = at_x
+    known[:, 1:width] = evaluate | is_x
+    # Every other row repeats the last one before it that was evaluated (z at step 0).
+    last = np.maximum.accumulate(np.where(known, np.arange(width + 1), 0), axis=1)
+    path = np.take_along_axis(path, last, axis=1)
     contributions = np.diff(path, axis=1)  # [c, k]: what the feature set at step k added
     attributions = np.take_along_axis(contributions, rank, axis=1).mean(axis=0)
     return ShapleyValues(

@@ -76,6 +76,33 @@ class TestRedisOnlineStore(ExpiringOnlineStoreContract, EncodedOnlineStoreContra
         asyncio.run(scenario())
         assert self.redis.ttl(f"{self.key_prefix}card-1") == -1
 
+    def test_a_server_that_forgot_the_write_script_is_written_to(self) -> None:
+        """A batch is one script call (EVALSHA); a restarted Redis has no scripts, and the
+        next batch loads it again instead of failing."""
+
+        async def scenario() -> list[object]:
+            store = RedisOnlineStore(self.url, key_prefix=self.key_prefix)
+            try:
+                await store.put_many([make_row("card-1")])
+                self.redis.script_flush()
+                await store.put_many([make_row("card-2")])
+                return list(await store.get_many(["card-1", "card-2"]))
+            finally:
+                await store.close()
+
+        assert asyncio.run(scenario()) == [make_row("card-1"), make_row("card-2")]
+
+    def test_a_closed_store_refuses_to_write(self) -> None:
+        async def scenario() -> None:
+            store = RedisOnlineStore(self.url, key_prefix=self.key_prefix)
+            await store.put_many([make_row("card-1")])
+            await store.close()
+            with pytest.raises(RuntimeError, match="closed"):
+                await store.put_many([make_row("card-2")])
+
+        asyncio.run(scenario())
+        assert not self.redis.exists(f"{self.key_prefix}card-2")
+
     def test_a_shared_client_is_left_open(self) -> None:
         async def scenario() -> bool:
             client = Redis.from_url(self.url)

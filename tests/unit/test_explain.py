@@ -144,6 +144,67 @@ def test_attributions_add_up_to_the_value_minus_the_base_value(
     assert shapley.chains == rows * permutations
 
 
+def walked_chains(
+    f: Any, x: np.ndarray, background: np.ndarray, seed: int, permutations: int
+) -> tuple[np.ndarray, int]:
+    """The oracle for skipped repeats: the same orderings as ``permutation_shapley``
+    (same generator, same draws), each chain walked one row at a time, every row
+    evaluated. Returns the attributions and the rows evaluated."""
+    rows, width = background.shape
+    rng = np.random.default_rng(seed)
+    chains = rows * permutations
+    drawn = rng.permuted(np.tile(np.arange(width), (math.ceil(chains / 2), 1)), axis=1)
+    orders = [drawn[c // 2] if c % 2 == 0 else drawn[c // 2][::-1] for c in range(chains)]
+    totals = np.zeros(width)
+    evaluated = 0
+    for c, order in enumerate(orders):
+        row = background[c // permutations].copy()
+        before = float(f(row[np.newaxis])[0])
+        evaluated += 1
+        for feature in order:
+            row[feature] = x[feature]
+            after = float(f(row[np.newaxis])[0])
+            evaluated += 1
+            totals[feature] += after - before
+            before = after
+    return totals / chains, evaluated
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.integers(min_value=1, max_value=7),  # features
+    st.integers(min_value=1, max_value=8),  # reference rows
+    st.integers(min_value=1, max_value=4),  # orderings per row
+    st.integers(min_value=0, max_value=2**32 - 1),  # seed
+)
+def test_steps_that_change_nothing_are_skipped_and_the_attributions_are_unchanged(
+    width: int, rows: int, permutations: int, seed: int
+) -> None:
+    """Values drawn from {0, 1, missing}, so the explained row and a reference row often
+    agree on a feature: the estimate equals walking every chain row by row, a feature that
+    agrees with every reference row gets exactly 0, and fewer rows are evaluated."""
+    rng = np.random.default_rng(seed)
+    choices = np.array([0.0, 1.0, np.nan])
+    background = choices[rng.integers(0, 3, size=(rows, width))]
+    x = choices[rng.integers(0, 3, size=width)]
+    weights = rng.normal(size=(width, width))
+
+    def network(matrix: np.ndarray) -> np.ndarray:
+        filled = np.nan_to_num(matrix, nan=0.5)
+        return np.asarray(1.0 / (1.0 + np.exp(-np.tanh(filled @ weights).sum(axis=1))))
+
+    shapley = permutation_shapley(network, x, background, seed=seed, permutations=permutations)
+    walked, every_row = walked_chains(network, x, background, seed, permutations)
+    np.testing.assert_allclose(shapley.attributions, walked, rtol=0, atol=1e-12)
+    agreeing = np.all((background == x) | (np.isnan(background) & np.isnan(x)), axis=0)
+    assert np.all(shapley.attributions[agreeing] == 0.0)
+    chains = rows * permutations
+    assert shapley.evaluations <= rows + 1 + chains * (width - 1)
+    if agreeing.any() and width > 1:
+        assert shapley.evaluations < rows + 1 + chains * (width - 1)
+    assert every_row == chains * (width + 1)
+
+
 def test_the_same_seed_gives_the_same_attributions_and_another_seed_others() -> None:
     rng = np.random.default_rng(13)
     background = rng.normal(size=(16, 5))

@@ -89,7 +89,7 @@ app = faust.App(
     broker_session_timeout=10.0,
     broker_heartbeat_interval=3.0,
     broker_commit_interval=1.0,
-    producer_linger_ms=5,
+    producer_linger_ms=settings.producer_linger_ms,
     stream_buffer_maxsize=8_192,
 )
 

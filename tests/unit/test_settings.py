@@ -1,0 +1,20 @@
+"""Worker settings read from the environment: defaults, values, and refused values."""
+
+from __future__ import annotations
+
+import pytest
+
+from streams.settings import Settings, SettingsError
+
+
+def test_the_producer_linger_is_5_ms_unless_set() -> None:
+    assert Settings.from_env({}).producer_linger_ms == 5
+    assert Settings.from_env({"HEADRACE_PRODUCER_LINGER_MS": ""}).producer_linger_ms == 5
+    assert Settings.from_env({"HEADRACE_PRODUCER_LINGER_MS": "20"}).producer_linger_ms == 20
+    assert Settings.from_env({"HEADRACE_PRODUCER_LINGER_MS": "0"}).producer_linger_ms == 0
+
+
+@pytest.mark.parametrize("bad", ["-1", "5.5", "soon"])
+def test_a_linger_that_is_not_a_count_of_milliseconds_is_refused(bad: str) -> None:
+    with pytest.raises(SettingsError, match="HEADRACE_PRODUCER_LINGER_MS"):
+        Settings.from_env({"HEADRACE_PRODUCER_LINGER_MS": bad})

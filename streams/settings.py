@@ -68,7 +68,7 @@ class Settings:
     score_within_ms: int = 20  # the longest the scoring agent waits to fill a batch
     score_budget_ms: int = 500  # features record to prediction; later: fast path, flagged
     # How long the producer holds a record to fill a batch: 5 ms keeps the latency; 20 ms
-    # drained 8-13% more events per second here, and adds up to 20 ms per Kafka hop at low
+    # drained about 12% more events per second here, and adds up to 20 ms per Kafka hop at low
     # load (BENCHMARKS.md).
     producer_linger_ms: int = 5
     # Score in the ingest agent, in the batches it reads (one Kafka hop), or, with False,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -13,15 +12,16 @@ import numpy as np
 
 from bench.compression import compression_figures
 from bench.scoring_agent import agent_figures
+from bench.scoring_path import feature_records, path_rate
 from models import calibration
 from models.artifact import load_model
 from models.backends import ScoringBackend, available_backends
 from models.cache import LruPredictionCache
 from models.cascade import Cascade
 from models.conformal import ConformalPredictor, empirical_coverage
-from models.dataset import TrainingSet, demo_training_set, shortest_window_ms
+from models.dataset import demo_training_set, shortest_window_ms
 from models.export import ONNX_FILE_NAME
-from models.scoring import LoadedModel, conformal_for, model_version, score_batch
+from models.scoring import LoadedModel, conformal_for, model_version
 from models.serving import ChunkScorer
 from models.train_model import train_model
 from models.training import TrainingConfig, member_probabilities
@@ -54,22 +54,6 @@ def backend_figures(backend: ScoringBackend, x: np.ndarray, rows: int) -> dict[s
     return figures
 
 
-def _records(data: TrainingSet, count: int) -> list[dict[str, Any]]:
-    return [
-        {
-            "event_id": f"ev-{i}",
-            "entity_id": f"card-{i % 500}",
-            "event_time": i,
-            "feature_version": data.feature_version,
-            "features": {
-                name: (None if np.isnan(v) else float(v))
-                for name, v in zip(data.names, data.features[i], strict=True)
-            },
-        }
-        for i in range(count)
-    ]
-
-
 def scoring_figures(
     spec_path: Path, *, events: int = 120_000, rows: int = 4_096, agent: bool = True
 ) -> dict[str, Any]:
@@ -100,9 +84,9 @@ def scoring_figures(
             backend=onnx,
             conformal=conformal_for(metadata),
         )
-        records = _records(data, 4_096)
-        batched = _path_rate(loaded, records, batch=256)
-        single = _path_rate(loaded, records[:1_024], batch=1)
+        records = feature_records(data, 4_096)
+        batched = path_rate(loaded, records, batch=256)
+        single = path_rate(loaded, records[:1_024], batch=1)
         cascade = Cascade.from_state(metadata.cascade) if metadata.cascade else None
         with_cascade = LoadedModel(
             loaded.name,
@@ -112,7 +96,7 @@ def scoring_figures(
             loaded.conformal,
             cascade,
         )
-        cascaded_rate = _path_rate(with_cascade, records, batch=256)
+        cascaded_rate = path_rate(with_cascade, records, batch=256)
         traffic = data.features[int(len(data.labels) * 0.8) :]
         escalated_share = float(cascade.escalate(traffic).mean()) if cascade else 1.0
         split = int(len(data.labels) * 0.8)
@@ -125,8 +109,8 @@ def scoring_figures(
             data.features[int(len(data.labels) * 0.6) : split],
             directory / "compression",
         )
-        through_agent = agent_figures(directory, _records(data, 20_000)) if agent else {}
-        cache_hit_rate = _cache_hit_rate(loaded, _records(data, 20_000))
+        through_agent = agent_figures(directory, feature_records(data, 20_000)) if agent else {}
+        cache_hit_rate = _cache_hit_rate(loaded, feature_records(data, 20_000))
         held_out = slice(int(len(fresh.labels) * 0.8), None)
         probs = member_probabilities(model, fresh.features[held_out]).mean(axis=0)
         labels = fresh.labels[held_out]
@@ -171,14 +155,3 @@ def _cache_hit_rate(model: LoadedModel, records: list[dict[str, Any]]) -> float:
         chunk = records[start : start + 256]
         asyncio.run(scorer.score(chunk, deadlines_ms=[None] * len(chunk), now_ms=0))
     return cache.hit_rate
-
-
-def _path_rate(model: LoadedModel, records: list[dict[str, Any]], *, batch: int) -> float:
-    """Rows/s through score_batch (matrix building, backend, uncertainty, sets, records)."""
-    rates = []
-    for _ in range(3):
-        began = time.perf_counter()
-        for start in range(0, len(records), batch):
-            score_batch(model, records[start : start + batch], now_ms=0, batch_ms=0.0)
-        rates.append(len(records) / (time.perf_counter() - began))
-    return statistics.median(rates)

@@ -10,6 +10,7 @@ same tolerance, TF32 off.
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -50,11 +51,18 @@ class OnnxRuntimeBackend:
         return np.asarray(outputs[0], dtype=np.float64)
 
 
+def _own_copy(model: Ensemble, device: torch.device) -> Ensemble:
+    """The backend's own copy of the model on its device: ``Module.to`` moves in place, so
+    a CPU backend built after a CUDA one from the same model would pull the CUDA one's
+    weights back to the CPU, and the train/eval mode is shared state too."""
+    return copy.deepcopy(model).to(device)
+
+
 class TorchBackend:
     def __init__(self, model: Ensemble, *, device: str = "cpu", threads: int | None = None) -> None:
         self.name = f"torch-{device}"
         self._device = torch.device(device)
-        self._model = model.to(self._device).eval()
+        self._model = _own_copy(model, self._device).eval()
         if threads is not None and device == "cpu":
             torch.set_num_threads(threads)
 
@@ -89,7 +97,7 @@ class McDropoutBackend:
         self.samples = samples
         self._seed = seed
         self._device = torch.device(device)
-        self._model = model.to(self._device)
+        self._model = _own_copy(model, self._device)
         self._lock = threading.Lock()
 
     def member_probs(self, features: np.ndarray) -> np.ndarray:

@@ -94,3 +94,22 @@ def test_mc_dropout_samples_every_member_reproducibly(trained: tuple[Ensemble, P
     assert np.abs(first[0] - first[3]).max() > 1e-3  # pass 1 and pass 2 of member 0 differ
     assert np.abs(first.mean(axis=0) - deterministic.mean(axis=0)).mean() < 0.05
     assert not model.training  # dropout is off again afterwards
+
+
+def test_backends_leave_the_callers_model_where_and_as_it_was(
+    trained: tuple[Ensemble, Path],
+) -> None:
+    """``Module.to`` moves in place: without a copy each, a CPU backend built after a CUDA
+    one pulls the CUDA one's weights back to the CPU, and eval() changes the caller's mode."""
+    model, path = trained
+    model.train()
+    try:
+        backends = available_backends(model, path)
+        choose_backend(model, path, "torch-cpu-mc-dropout")
+        assert model.training
+        assert {p.device.type for p in model.parameters()} == {"cpu"}
+        x, _ = synthetic(16, seed=6)
+        for backend in backends:
+            assert backend.member_probs(x.astype(np.float32)).shape == (3, 16, 2), backend.name
+    finally:
+        model.eval()

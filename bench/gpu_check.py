@@ -22,7 +22,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.backends import AGREEMENT_TOLERANCE, OnnxRuntimeBackend, ScoringBackend, TorchBackend
+from models.backends import (
+    AGREEMENT_TOLERANCE,
+    CudaGraphBackend,
+    OnnxRuntimeBackend,
+    ScoringBackend,
+    TorchBackend,
+)
 from models.export import export_onnx
 from models.network import Ensemble
 from models.tensorrt_backend import FP16_AGREEMENT_TOLERANCE, TensorRTBackend, tensorrt_available
@@ -33,41 +39,6 @@ MEMBERS = 5
 BATCH_SIZES = (1, 8, 32, 128, 512, 1024, 4096)
 MAX_BATCH = max(BATCH_SIZES)
 WARMUP = 5
-
-
-class CudaGraphTorchBackend:
-    """PyTorch on CUDA, one CUDA graph captured per batch size on first use, then replayed."""
-
-    name = "torch-cuda-graph"
-
-    def __init__(self, model: Ensemble) -> None:
-        self._model = model.to("cuda").eval()
-        self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
-
-    def _capture(self, batch: int, features: int) -> tuple[Any, torch.Tensor, torch.Tensor]:
-        static_in = torch.zeros(batch, features, device="cuda")
-        stream_type: Any = torch.cuda.Stream  # untyped in torch's stubs
-        side = stream_type()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.no_grad():
-            with torch.cuda.stream(side):  # warm-up off the capture stream, as CUDA asks
-                for _ in range(3):
-                    self._model(static_in)
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                static_out = self._model(static_in)
-        return graph, static_in, static_out
-
-    def member_probs(self, features: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
-        if len(x) not in self._graphs:
-            self._graphs[len(x)] = self._capture(len(x), x.shape[1])
-        graph, static_in, static_out = self._graphs[len(x)]
-        static_in.copy_(x)
-        graph.replay()
-        probs: np.ndarray = static_out.to("cpu").numpy().astype(np.float64)
-        return probs
 
 
 def synthetic(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -123,7 +94,7 @@ def gpu_backends(model: Ensemble, onnx_path: Path) -> list[tuple[ScoringBackend,
     """Every GPU backend that runs here, each with its agreement tolerance."""
     backends: list[tuple[ScoringBackend, float]] = [
         (TorchBackend(model, device="cuda"), AGREEMENT_TOLERANCE),
-        (CudaGraphTorchBackend(model), AGREEMENT_TOLERANCE),
+        (CudaGraphBackend(model, max_batch=MAX_BATCH), AGREEMENT_TOLERANCE),
     ]
     if tensorrt_available():
         backends.append((TensorRTBackend(onnx_path, max_batch=MAX_BATCH), AGREEMENT_TOLERANCE))

@@ -57,9 +57,11 @@ def backends_here(directory: Path) -> dict[str, tuple[Callable[[], Any], float]]
     """Each backend to time, by name: how to build it and its agreement tolerance."""
     model, _ = load_model(directory)
     onnx = directory / ONNX_FILE_NAME
-    chosen = {
+    factories = backend_factories(model, onnx)
+    chosen = {REFERENCE: (factories.pop(REFERENCE), AGREEMENT_TOLERANCE)}  # compared against
+    chosen |= {
         name: (build, AGREEMENT_TOLERANCE)
-        for name, build in backend_factories(model, onnx).items()
+        for name, build in factories.items()
         if not name.endswith("mc-dropout")
     }
     if "tensorrt" in chosen:
@@ -87,6 +89,7 @@ def run(events: int, count: int, log: Callable[[str], None]) -> tuple[dict[str, 
         log(f"replayed {events} events and trained in {time.perf_counter() - began:.1f}s")
         reference: np.ndarray | None = None
         rates: dict[str, dict[str, int]] = {}
+        cpu: dict[str, dict[str, float]] = {}  # process CPU µs per row, every thread
         agreement: dict[str, dict[str, Any]] = {}
         for name, (build, tolerance) in backends_here(directory).items():
             loaded = LoadedModel(
@@ -103,13 +106,19 @@ def run(events: int, count: int, log: Callable[[str], None]) -> tuple[dict[str, 
                 diff = float(np.abs(probabilities - reference).max())
                 agreement[name] = {"max_abs_diff": diff, "tolerance": tolerance}
                 agreement[name]["ok"] = diff <= tolerance
-            rates[name] = {
-                str(size): round(
-                    path_rate(loaded, records[:512] if size == 1 else records, batch=size)
+            rates[name], cpu[name] = {}, {}
+            for size in BATCH_SIZES:
+                subset = records[:512] if size == 1 else records
+                cpu_began = time.process_time()
+                rates[name][str(size)] = round(path_rate(loaded, subset, batch=size))
+                cpu_s = (time.process_time() - cpu_began) / (3 * len(subset))  # 3 passes
+                cpu[name][str(size)] = round(cpu_s * 1e6, 1)
+            log(
+                f"{name}: "
+                + ", ".join(
+                    f"batch {b} {r:,}/s ({cpu[name][b]} CPU µs/row)" for b, r in rates[name].items()
                 )
-                for size in BATCH_SIZES
-            }
-            log(f"{name}: " + ", ".join(f"batch {b} {r:,}/s" for b, r in rates[name].items()))
+            )
     cuda = torch.cuda.is_available()
     summary: dict[str, Any] = {
         "cuda": cuda,
@@ -118,6 +127,7 @@ def run(events: int, count: int, log: Callable[[str], None]) -> tuple[dict[str, 
         "records": count,
         "mc_dropout_samples": MC_SAMPLES,
         "path_rows_per_s": rates,
+        "path_cpu_us_per_row": cpu,
         "agreement": agreement,
         "seconds": round(time.perf_counter() - began, 1),
     }

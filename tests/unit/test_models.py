@@ -6,8 +6,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from models.backends import AGREEMENT_TOLERANCE, available_backends, choose_backend
+from models.backends import (
+    AGREEMENT_TOLERANCE,
+    CudaGraphBackend,
+    available_backends,
+    choose_backend,
+    graph_bucket,
+)
 from models.export import export_onnx
 from models.network import Ensemble
 from models.training import (
@@ -113,3 +120,24 @@ def test_backends_leave_the_callers_model_where_and_as_it_was(
             assert backend.member_probs(x.astype(np.float32)).shape == (3, 16, 2), backend.name
     finally:
         model.eval()
+
+
+def test_graph_buckets_are_powers_of_two_up_to_the_largest() -> None:
+    sizes = (1, 2, 3, 8, 9, 256, 257, 4096, 5000)
+    assert [graph_bucket(n, 4096) for n in sizes] == [1, 2, 4, 8, 16, 256, 512, 4096, 4096]
+    assert graph_bucket(100, 64) == 64
+    with pytest.raises(ValueError, match="at least one row"):
+        graph_bucket(0, 4096)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graph_replays_pad_chunk_and_agree(trained: tuple[Ensemble, Path]) -> None:
+    model, path = trained
+    backend = CudaGraphBackend(model, max_batch=64)
+    x, _ = synthetic(200, seed=7)
+    reference = member_probabilities(model, x)
+    for rows in (1, 3, 63, 64, 65, 200, 5):  # padded, exact, chunked, then a bucket again
+        got = backend.member_probs(x[:rows].astype(np.float32))
+        assert got.shape == (3, rows, 2)
+        assert np.abs(got - reference[:, :rows]).max() <= AGREEMENT_TOLERANCE, rows
+    assert choose_backend(model, path).name in {"tensorrt", "torch-cuda-graph"}

@@ -19,7 +19,7 @@ import structlog
 from agents.lifecycle import SCORE_IN_INGEST
 from streams import topics
 from streams.app import app, settings
-from streams.codecs import decode_features, feature_row_of
+from streams.codecs import store_rows
 from tables.offline_store import ParquetOfflineStore
 from tables.online_store import OnlineStore, RedisOnlineStore
 from tables.rows import FeatureRow
@@ -30,15 +30,6 @@ ONLINE_BATCH = 500
 ONLINE_WITHIN_S = 0.05
 OFFLINE_BATCH = 20_000
 OFFLINE_WITHIN_S = 5.0
-
-
-def _rows(batch: list[bytes]) -> list[FeatureRow]:
-    rows = []
-    for value in batch:
-        record = decode_features(value)
-        if not record.get("redelivered"):
-            rows.append(feature_row_of(record))
-    return rows
 
 
 def newest_per_entity(rows: list[FeatureRow], newest: dict[str, int]) -> list[FeatureRow]:
@@ -75,7 +66,7 @@ if online_store is not None and not SCORE_IN_INGEST:  # else ingest writes it pe
     @app.agent(topics.features)
     async def online_writer(stream: Any) -> None:
         async for batch in stream.take(ONLINE_BATCH, within=ONLINE_WITHIN_S):
-            await put_online(_rows(batch))
+            await put_online(store_rows(batch))
 
 
 offline_store = ParquetOfflineStore(
@@ -84,11 +75,14 @@ offline_store = ParquetOfflineStore(
 )
 
 
-@app.agent(topics.features)
 async def offline_writer(stream: Any) -> None:
     writer_id = f"{settings.app_id}-{os.getpid()}"
     async for batch in stream.take(OFFLINE_BATCH, within=OFFLINE_WITHIN_S):
-        rows = _rows(batch)
+        rows = store_rows(batch)
         if rows:
             paths = await asyncio.to_thread(offline_store.append, rows, writer_id=writer_id)
             log.info("offline.appended", rows=len(rows), files=len(paths))
+
+
+if settings.offline_in_worker:  # else `headrace offline-writer` runs beside the worker
+    app.agent(topics.features)(offline_writer)

@@ -1,7 +1,7 @@
 """One drain for an A/B comparison: a fresh one-hop worker of this checkout drains the same
 payments, pinned to one core, and one JSON line says how fast and at what CPU cost.
 
-    python -m bench.ab_drain --label before [--events 20000] [--no-pin]
+    python -m bench.ab_drain --label before [--events 20000] [--no-pin] [--offline-writer-process]
 
 On a 2-core machine shared with the broker an unpinned drain of one build varies by about
 20% from run to run; with the worker on core 1 and this process (producer and collector)
@@ -45,7 +45,9 @@ def pinned_start_worker(
     return worker
 
 
-def drain(events: int, *, pin: bool, model_dir: Path | None) -> dict[str, Any]:
+def drain(
+    events: int, *, pin: bool, model_dir: Path | None, offline_writer_process: bool = False
+) -> dict[str, Any]:
     """The worker's drain figures (``bench.e2e.throughput_phase``), topics deleted after."""
     settings = Settings.from_env()
     if pin:
@@ -58,7 +60,7 @@ def drain(events: int, *, pin: bool, model_dir: Path | None) -> dict[str, Any]:
             if not (model / METADATA_FILE).exists():
                 e2e.train(settings.spec_path, model)
             return e2e.throughput_phase(
-                e2e.E2eConfig(drain_events=events),
+                e2e.E2eConfig(drain_events=events, offline_writer_process=offline_writer_process),
                 scratch,
                 model,
                 e2e.payments(events, seed=71),
@@ -77,6 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=20_000, help="payments drained")
     parser.add_argument("--no-pin", action="store_true", help="leave the cores to the scheduler")
     parser.add_argument(
+        "--offline-writer-process",
+        action="store_true",
+        help="the offline store written by `headrace offline-writer` beside the worker "
+        "(on the other core when pinned), not by the worker's agent",
+    )
+    parser.add_argument(
         "--model-dir",
         type=Path,
         default=None,
@@ -87,7 +95,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--events must be at least 1000")
     if not args.no_pin and (os.cpu_count() or 1) < 2:
         parser.error("pinning needs two cores; pass --no-pin")
-    figures = drain(args.events, pin=not args.no_pin, model_dir=args.model_dir)
+    figures = drain(
+        args.events,
+        pin=not args.no_pin,
+        model_dir=args.model_dir,
+        offline_writer_process=args.offline_writer_process,
+    )
     print(json.dumps({"label": args.label, "pinned": not args.no_pin, **figures}))
     return 0
 

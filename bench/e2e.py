@@ -28,14 +28,17 @@ consumer group and state) serving a fixed model, and one plain loop for comparis
 Feedback and drift are off in both phases (``HEADRACE_FEEDBACK=0``, ``HEADRACE_DRIFT=0``):
 the figures are the serving path's. With ``with_downstream`` the throughput phase runs a
 second worker with both on. The online (Redis) and offline (Parquet) feature writers run
-as they do in any worker. The latency budget is set far out, so every record takes the
-model path in the worker and in the baseline alike (no fast-path answers).
+as they do in any worker, or, with ``offline_writer_process``, the offline one as a
+``headrace offline-writer`` process beside each worker, its CPU per event reported as
+``offline_writer_cpu_us_per_event``. The latency budget is set far out, so every record
+takes the model path in the worker and in the baseline alike (no fast-path answers).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -88,6 +91,9 @@ class E2eConfig:
     rates: tuple[int, ...] = (1_000, 5_000)
     with_downstream: bool = False
     profile_path: Path | None = None  # py-spy of the draining worker: SVG, or .txt folded stacks
+    # The offline store written by `headrace offline-writer` beside each worker (the
+    # workers with HEADRACE_OFFLINE_IN_WORKER=0), not by the worker's own agent.
+    offline_writer_process: bool = False
 
 
 async def delete_topics(bootstrap: str, marker: str) -> int:
@@ -258,6 +264,50 @@ def _start_profile(pid: int, path: Path, seconds: float) -> subprocess.Popen[byt
     )
 
 
+@dataclass
+class OfflineWriterProcess:
+    """``headrace offline-writer`` beside a worker, with the worker's settings; its CPU is
+    counted from ``mark`` (after its start-up) to its exit (its last write included)."""
+
+    env: dict[str, str]
+    process: subprocess.Popen[bytes] | None = None
+    cpu_from_s: float = 0.0
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "headrace", "offline-writer"],
+            env={**os.environ, **self.env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def mark(self) -> None:
+        if self.process is not None:
+            self.cpu_from_s = process_cpu_s(self.process.pid)
+
+    def stop(self) -> dict[str, Any]:
+        """SIGTERM; its counts (records, rows, files) and its CPU seconds since ``mark``."""
+        if self.process is None or self.process.stdout is None:
+            return {}
+        self.process.terminate()
+        out = self.process.stdout.read()  # to its end: the writer has written and exited
+        _, status, usage = os.wait4(self.process.pid, 0)  # this child's own CPU, all of it
+        self.process.returncode = os.waitstatus_to_exitcode(status)
+        lines = out.decode().strip().splitlines()
+        counts: dict[str, Any] = json.loads(lines[-1]) if lines else {}
+        return {**counts, "cpu_s": usage.ru_utime + usage.ru_stime - self.cpu_from_s}
+
+
+def _with_offline_writer(config: E2eConfig, env: dict[str, str]) -> OfflineWriterProcess | None:
+    """Started beside the worker when the config asks; the worker's agent then stays off."""
+    if not config.offline_writer_process:
+        return None
+    env["HEADRACE_OFFLINE_IN_WORKER"] = "0"
+    writer = OfflineWriterProcess(env)
+    writer.start()
+    return writer
+
+
 def throughput_phase(  # noqa: PLR0913 - the phase's inputs, then three switches
     config: E2eConfig,
     scratch: Path,
@@ -276,14 +326,26 @@ def throughput_phase(  # noqa: PLR0913 - the phase's inputs, then three switches
     env = worker_env(scratch, model_dir, downstream=downstream, one_hop=one_hop)
     settings = Settings.from_env({**os.environ, **env})
     asyncio.run(scenario.prepare_topics(settings))
+    writer = _with_offline_writer(config, env)
     worker = scenario.start_worker(
         env, scratch, f"throughput-{'downstream' if downstream else 'serving'}"
     )
     try:
         asyncio.run(scenario.wait_until_serving(settings, worker))
+        if writer is not None:
+            writer.mark()
         figures.update(asyncio.run(_drain(config, settings, worker, batch)))
     finally:
         worker.stop()
+        written = writer.stop() if writer is not None else {}
+    if written:
+        predictions = max(figures.get("worker_drain_predictions", 0), 1)
+        figures["offline_writer_cpu_us_per_event"] = round(written["cpu_s"] * 1e6 / predictions)
+        figures["offline_writer_rows"] = written.get("rows")
+        say(
+            f"offline writer: {written.get('rows')} rows, "
+            f"{figures['offline_writer_cpu_us_per_event']} CPU us per event"
+        )
     return figures
 
 
@@ -438,6 +500,7 @@ def latency_phase(
     env = worker_env(scratch, model_dir, downstream=False)
     settings = Settings.from_env({**os.environ, **env})
     asyncio.run(scenario.prepare_topics(settings))
+    writer = _with_offline_writer(config, env)
     worker = scenario.start_worker(env, scratch, "latency")
     try:
         asyncio.run(scenario.wait_until_serving(settings, worker))
@@ -445,6 +508,8 @@ def latency_phase(
         return asyncio.run(_paced_runs(config, settings, stream))
     finally:
         worker.stop()
+        if writer is not None:
+            writer.stop()
 
 
 async def _paced_runs(
@@ -572,6 +637,7 @@ def e2e_figures(spec_path: Path, config: E2eConfig) -> dict[str, Any]:
             "warmup_s": config.warmup_s,
             "feedback": False,
             "drift": False,
+            "offline_writer_process": config.offline_writer_process,
             "cpu_count": os.cpu_count(),
             "bench_s": round(time.monotonic() - began, 1),
             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

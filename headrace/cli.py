@@ -1,8 +1,8 @@
 """The ``headrace`` command: Faust's own command line plus the project's commands.
 
 ``headrace worker -l info`` is Faust's worker; ``infra``, ``produce``, ``bench``,
-``model``, ``replay`` and ``demo`` sit beside it. Bad arguments give one line on stderr
-and exit status 2.
+``model``, ``replay``, ``demo`` and ``offline-writer`` sit beside it. Bad arguments give
+one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -248,8 +248,18 @@ def bench_scoring(as_json: bool, events: int, agent: bool) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="write a py-spy flame graph (SVG) of the draining worker here",
 )
-def bench_e2e(
-    as_json: bool, drain_events: int, paced_s: float, with_downstream: bool, profile: Path | None
+@click.option(
+    "--offline-writer-process",
+    is_flag=True,
+    help="write the offline store from `headrace offline-writer` beside each worker",
+)
+def bench_e2e(  # noqa: PLR0913, PLR0917 - one parameter per click option
+    as_json: bool,
+    drain_events: int,
+    paced_s: float,
+    with_downstream: bool,
+    profile: Path | None,
+    offline_writer_process: bool,
 ) -> None:
     from bench.e2e import E2eConfig, e2e_figures
 
@@ -258,6 +268,7 @@ def bench_e2e(
         paced_s=paced_s,
         with_downstream=with_downstream,
         profile_path=profile,
+        offline_writer_process=offline_writer_process,
     )
     try:
         result = e2e_figures(Settings.from_env().spec_path, config)
@@ -880,6 +891,45 @@ def demo_command(count: int, rate: float, drift_at: float, keep_running: bool) -
     sys.exit(code)
 
 
+@click.command(
+    "offline-writer",
+    help="Write the features topic to the offline store, beside workers run with "
+    "HEADRACE_OFFLINE_IN_WORKER=0; SIGTERM or Ctrl-C writes what is held and stops.",
+)
+@click.option("--batch-rows", type=click.IntRange(min=1), default=20_000, show_default=True)
+@click.option(
+    "--within-s",
+    type=click.FloatRange(min=0.01, max=3_600),
+    default=5.0,
+    show_default=True,
+    help="the longest a record waits to be written",
+)
+def offline_writer_command(batch_rows: int, within_s: float) -> None:
+    import signal
+
+    from aiokafka.errors import KafkaError
+
+    from headrace.offline_writer import run_offline_writer
+
+    settings = Settings.from_env()
+
+    async def work() -> dict[str, int]:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        counts = await run_offline_writer(settings, stop, batch_rows=batch_rows, within_s=within_s)
+        return asdict(counts)
+
+    try:
+        counts = asyncio.run(work())
+    except KafkaError as error:
+        _fail(f"Kafka at {settings.bootstrap_servers}: {error}", code=1)
+    except OSError as error:
+        _fail(f"offline store at {settings.offline_location}: {error}", code=1)
+    click.echo(json.dumps(counts))
+
+
 PROJECT_COMMANDS = (
     infra_group,
     produce_command,
@@ -887,6 +937,7 @@ PROJECT_COMMANDS = (
     model_group,
     replay_command,
     demo_command,
+    offline_writer_command,
 )
 
 

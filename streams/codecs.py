@@ -187,3 +187,14 @@ def feature_row_of(record: dict[str, Any]) -> FeatureRow:
         feature_version=record["feature_version"],
         values=record["features"],
     )
+
+
+def store_rows(values: list[bytes]) -> list[FeatureRow]:
+    """The feature rows the stores keep from ``features`` records: a redelivered record is
+    left out, since its original is already written and must not overwrite a newer one."""
+    rows = []
+    for value in values:
+        record = decode_features(value)
+        if not record.get("redelivered"):
+            rows.append(feature_row_of(record))
+    return rows

@@ -74,6 +74,9 @@ class Settings:
     # Score in the ingest agent, in the batches it reads (one Kafka hop), or, with False,
     # in an agent reading the features topic back (two): BENCHMARKS.md compares them.
     score_in_ingest: bool = True
+    # Write the offline store from an agent of the worker, or, with False, leave it to a
+    # `headrace offline-writer` process beside it (its own consumer group and CPU).
+    offline_in_worker: bool = True
     prediction_cache: str = "memory"  # memory (per worker), redis (shared) or off
     model_name: str = "payments-fraud"  # the registered model the worker serves
     serve_registry: bool = False  # serve model_name as model.events says (with no model_dir)
@@ -159,6 +162,7 @@ class Settings:
             model_name=env.get("HEADRACE_MODEL_NAME", defaults.model_name),
             serve_registry=_choice(env, "HEADRACE_SERVE_REGISTRY", "0", ("0", "1")) == "1",
             score_in_ingest=_choice(env, "HEADRACE_SCORE_IN_INGEST", "1", ("0", "1")) == "1",
+            offline_in_worker=_choice(env, "HEADRACE_OFFLINE_IN_WORKER", "1", ("0", "1")) == "1",
             feedback=_choice(env, "HEADRACE_FEEDBACK", "1", ("0", "1")) == "1",
             drift=_choice(env, "HEADRACE_DRIFT", "1", ("0", "1")) == "1",
             drift_threshold=_float(env, "HEADRACE_DRIFT_THRESHOLD", defaults.drift_threshold),

@@ -30,6 +30,9 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
         (("bench", "validate", "--count", "10"), None, "--count"),
         (("no-such-command",), None, "No such command"),
         (("infra", "sideways"), None, "No such command"),
+        (("offline-writer", "--batch-rows", "0"), None, "--batch-rows"),
+        (("offline-writer", "--within-s", "soon"), None, "--within-s"),
+        (("offline-writer",), {"HEADRACE_OFFLINE_IN_WORKER": "yes"}, "HEADRACE_OFFLINE_IN_WORKER"),
         (("produce",), {"HEADRACE_PARTITIONS": "many"}, "HEADRACE_PARTITIONS must be an integer"),
         (("produce",), {"HEADRACE_SPEC": "/no/such/spec.toml"}, "cannot read domain spec"),
     ],
@@ -49,5 +52,5 @@ def test_bad_arguments_give_one_line(
 def test_help_lists_faust_and_project_commands() -> None:
     result = run_cli("--help")
     assert result.returncode == 0
-    for command in ("worker", "infra", "produce", "bench", "demo"):
+    for command in ("worker", "infra", "produce", "bench", "demo", "offline-writer"):
         assert command in result.stdout

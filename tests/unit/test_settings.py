@@ -18,3 +18,11 @@ def test_the_producer_linger_is_5_ms_unless_set() -> None:
 def test_a_linger_that_is_not_a_count_of_milliseconds_is_refused(bad: str) -> None:
     with pytest.raises(SettingsError, match="HEADRACE_PRODUCER_LINGER_MS"):
         Settings.from_env({"HEADRACE_PRODUCER_LINGER_MS": bad})
+
+
+def test_the_offline_store_is_written_in_the_worker_unless_set_to_0() -> None:
+    assert Settings.from_env({}).offline_in_worker is True
+    assert Settings.from_env({"HEADRACE_OFFLINE_IN_WORKER": "1"}).offline_in_worker is True
+    assert Settings.from_env({"HEADRACE_OFFLINE_IN_WORKER": "0"}).offline_in_worker is False
+    with pytest.raises(SettingsError, match="HEADRACE_OFFLINE_IN_WORKER"):
+        Settings.from_env({"HEADRACE_OFFLINE_IN_WORKER": "no"})

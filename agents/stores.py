@@ -20,6 +20,7 @@ from agents.lifecycle import SCORE_IN_INGEST
 from streams import topics
 from streams.app import app, settings
 from streams.codecs import store_rows
+from streams.settings import OFFLINE_BATCH_ROWS, OFFLINE_WITHIN_S
 from tables.offline_store import ParquetOfflineStore
 from tables.online_store import OnlineStore, RedisOnlineStore
 from tables.rows import FeatureRow
@@ -28,8 +29,6 @@ log = structlog.get_logger(__name__)
 
 ONLINE_BATCH = 500
 ONLINE_WITHIN_S = 0.05
-OFFLINE_BATCH = 20_000
-OFFLINE_WITHIN_S = 5.0
 
 
 def newest_per_entity(rows: list[FeatureRow], newest: dict[str, int]) -> list[FeatureRow]:
@@ -77,7 +76,7 @@ offline_store = ParquetOfflineStore(
 
 async def offline_writer(stream: Any) -> None:
     writer_id = f"{settings.app_id}-{os.getpid()}"
-    async for batch in stream.take(OFFLINE_BATCH, within=OFFLINE_WITHIN_S):
+    async for batch in stream.take(OFFLINE_BATCH_ROWS, within=OFFLINE_WITHIN_S):
         rows = store_rows(batch)
         if rows:
             paths = await asyncio.to_thread(offline_store.append, rows, writer_id=writer_id)

@@ -40,6 +40,7 @@ import asyncio
 import contextlib
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -285,17 +286,20 @@ class OfflineWriterProcess:
         if self.process is not None:
             self.cpu_from_s = process_cpu_s(self.process.pid)
 
-    def stop(self) -> dict[str, Any]:
-        """SIGTERM; its counts (records, rows, files) and its CPU seconds since ``mark``."""
-        if self.process is None or self.process.stdout is None:
+    def stop(self, timeout_s: float = 60.0) -> dict[str, Any]:
+        """SIGTERM; its counts (records, rows, files) and its CPU seconds since ``mark``.
+        Call it after the worker is stopped: the writer is then the only child reaped here,
+        so the children's usage grows by its CPU alone."""
+        if self.process is None:
             return {}
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         self.process.terminate()
-        out = self.process.stdout.read()  # to its end: the writer has written and exited
-        _, status, usage = os.wait4(self.process.pid, 0)  # this child's own CPU, all of it
-        self.process.returncode = os.waitstatus_to_exitcode(status)
+        out, _ = self.process.communicate(timeout=timeout_s)  # written, exited, reaped
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu_s = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
         lines = out.decode().strip().splitlines()
         counts: dict[str, Any] = json.loads(lines[-1]) if lines else {}
-        return {**counts, "cpu_s": usage.ru_utime + usage.ru_stime - self.cpu_from_s}
+        return {**counts, "cpu_s": cpu_s - self.cpu_from_s}
 
 
 def _with_offline_writer(config: E2eConfig, env: dict[str, str]) -> OfflineWriterProcess | None:

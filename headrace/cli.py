@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from headrace import infra
-from streams.settings import Settings, SettingsError
+from streams.settings import OFFLINE_BATCH_ROWS, OFFLINE_WITHIN_S, Settings, SettingsError
 from streams.spec import SpecError, load_spec
 
 if TYPE_CHECKING:
@@ -896,11 +896,13 @@ def demo_command(count: int, rate: float, drift_at: float, keep_running: bool) -
     help="Write the features topic to the offline store, beside workers run with "
     "HEADRACE_OFFLINE_IN_WORKER=0; SIGTERM or Ctrl-C writes what is held and stops.",
 )
-@click.option("--batch-rows", type=click.IntRange(min=1), default=20_000, show_default=True)
+@click.option(
+    "--batch-rows", type=click.IntRange(min=1), default=OFFLINE_BATCH_ROWS, show_default=True
+)
 @click.option(
     "--within-s",
     type=click.FloatRange(min=0.01, max=3_600),
-    default=5.0,
+    default=OFFLINE_WITHIN_S,
     show_default=True,
     help="the longest a record waits to be written",
 )

@@ -22,13 +22,11 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import CommitFailedError
 
 from streams.codecs import store_rows
-from streams.settings import Settings
+from streams.settings import OFFLINE_BATCH_ROWS, OFFLINE_WITHIN_S, Settings
 from tables.offline_store import OfflineSink, ParquetOfflineStore
 
 log = structlog.get_logger(__name__)
 
-BATCH_ROWS = 20_000  # as the worker's agent
-WITHIN_S = 5.0
 POLL_MS = 200
 
 
@@ -59,8 +57,8 @@ async def run_offline_writer(
     settings: Settings,
     stop: asyncio.Event,
     *,
-    batch_rows: int = BATCH_ROWS,
-    within_s: float = WITHIN_S,
+    batch_rows: int = OFFLINE_BATCH_ROWS,
+    within_s: float = OFFLINE_WITHIN_S,
     store: OfflineSink | None = None,
 ) -> WriterCounts:
     """Write ``features`` to the offline store until ``stop`` is set, then write what is held,

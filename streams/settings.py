@@ -15,6 +15,10 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SPEC = Path(__file__).resolve().parent / "domains" / "payments.toml"
+# The offline writer's batches (the worker's agent and `headrace offline-writer` alike):
+# at most this many records, written once the oldest has waited this long.
+OFFLINE_BATCH_ROWS = 20_000
+OFFLINE_WITHIN_S = 5.0
 
 
 PREDICTION_CACHES = ("memory", "redis", "off")

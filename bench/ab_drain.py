@@ -101,7 +101,10 @@ def main(argv: list[str] | None = None) -> int:
         model_dir=args.model_dir,
         offline_writer_process=args.offline_writer_process,
     )
-    print(json.dumps({"label": args.label, "pinned": not args.no_pin, **figures}))
+    loop = Settings.from_env().event_loop  # the worker's (HEADRACE_EVENT_LOOP)
+    print(
+        json.dumps({"label": args.label, "pinned": not args.no_pin, "event_loop": loop, **figures})
+    )
     return 0
 
 

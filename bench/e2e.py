@@ -68,6 +68,7 @@ from headrace.worker_process import WorkerProcess, isolated_env
 from models.dataset import demo_training_set
 from models.train_model import train_model
 from models.training import TrainingConfig
+from streams.event_loop import loop_factory
 from streams.settings import Settings
 from streams.spec import load_spec
 from streams.synthetic import MixSpec, PaymentGenerator
@@ -367,22 +368,24 @@ def _baseline(
     asyncio.run(load())
     say(f"pre-loaded {len(batch):,} payments; the baseline loop drains them")
     cpu_before = time.process_time()
-    sent = asyncio.run(
-        baseline_drain(
-            bootstrap=settings.bootstrap_servers,
-            raw_topic=names.raw,
-            partition_count=settings.partitions,
-            features_topic=names.features,
-            predictions_topic=names.predictions,
-            spec_path=settings.spec_path,
-            model_dir=model_dir,
-            backend=BACKEND,
-            max_batch=settings.score_max_batch,
-            budget_ms=BUDGET_MS,
-            expected=len(batch),
-            timeout_s=config.drain_timeout_s,
+    # The plain loop runs on the kind of event loop the worker does (HEADRACE_EVENT_LOOP).
+    with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
+        sent = runner.run(
+            baseline_drain(
+                bootstrap=settings.bootstrap_servers,
+                raw_topic=names.raw,
+                partition_count=settings.partitions,
+                features_topic=names.features,
+                predictions_topic=names.predictions,
+                spec_path=settings.spec_path,
+                model_dir=model_dir,
+                backend=BACKEND,
+                max_batch=settings.score_max_batch,
+                budget_ms=BUDGET_MS,
+                expected=len(batch),
+                timeout_s=config.drain_timeout_s,
+            )
         )
-    )
     cpu_us = round((time.process_time() - cpu_before) * 1e6 / max(len(sent), 1))
     rate = round(steady_rate(sent))
     say(f"baseline: {rate:,}/s over {len(sent):,} predictions, {cpu_us} CPU us per event")
@@ -642,6 +645,7 @@ def e2e_figures(spec_path: Path, config: E2eConfig) -> dict[str, Any]:
             "feedback": False,
             "drift": False,
             "offline_writer_process": config.offline_writer_process,
+            "event_loop": Settings.from_env().event_loop,  # the workers' and the plain loop's
             "cpu_count": os.cpu_count(),
             "bench_s": round(time.monotonic() - began, 1),
             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

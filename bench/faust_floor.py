@@ -16,7 +16,8 @@ from __future__ import annotations
 from typing import Any
 
 from streams import topics
-from streams.app import app
+from streams.app import app, settings
+from streams.event_loop import use_event_loop
 
 
 @app.agent(topics.raw)
@@ -29,5 +30,6 @@ async def forward(stream: Any) -> None:
 
 
 if __name__ == "__main__":
+    use_event_loop(settings.event_loop)  # the worker's, as `headrace worker` does
     app.finalize()
     app.main()

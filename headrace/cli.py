@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from headrace import infra
+from streams.event_loop import EventLoopError, loop_factory, use_event_loop
 from streams.settings import OFFLINE_BATCH_ROWS, OFFLINE_WITHIN_S, Settings, SettingsError
 from streams.spec import SpecError, load_spec
 
@@ -924,7 +925,10 @@ def offline_writer_command(batch_rows: int, within_s: float) -> None:
         return asdict(counts)
 
     try:
-        counts = asyncio.run(work())
+        with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
+            counts = runner.run(work())
+    except EventLoopError as error:
+        _fail(str(error))
     except KafkaError as error:
         _fail(f"Kafka at {settings.bootstrap_servers}: {error}", code=1)
     except OSError as error:
@@ -956,8 +960,10 @@ def main(argv: list[str] | None = None) -> None:
             root: click.Group = click.Group("headrace", commands=[light[args[0]]])
             root.main(args, prog_name="headrace", standalone_mode=False)
             return
+        # Before faust makes a loop: the worker's, and its consumer thread's.
+        use_event_loop(settings.event_loop)
         app = _load_app()
-    except (SettingsError, SpecError) as error:
+    except (SettingsError, SpecError, EventLoopError) as error:
         _fail(str(error))
     except click.ClickException as error:
         _fail(error.format_message(), code=error.exit_code)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import logging
 from typing import Any
@@ -11,6 +12,8 @@ import structlog
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.producer import ProducerBuffer
 
+from streams.event_loop import loop_name
+from streams.metrics import METRICS
 from streams.settings import Settings
 
 # Structured logs go through the standard library, so the worker's -l level applies.
@@ -126,3 +129,13 @@ async def restore_root_log_level() -> None:
 
 
 app.task(restore_root_log_level)
+
+
+async def note_event_loop() -> None:
+    """Say which event loop the worker runs on (``HEADRACE_EVENT_LOOP``), in its log and
+    as ``headrace_worker_info``."""
+    METRICS.event_loop = loop_name(asyncio.get_running_loop())
+    structlog.get_logger(__name__).info("worker.event_loop", event_loop=METRICS.event_loop)
+
+
+app.task(note_event_loop)

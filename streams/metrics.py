@@ -184,6 +184,7 @@ class WorkerMetrics:
     model_state: ModelState | None = None  # set before a scrape
     consumer_lag: dict[tuple[str, int], int] = field(default_factory=dict)  # set before a scrape
     awaiting_review: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    event_loop: str = ""  # the loop the worker runs on, once it runs (streams.event_loop)
 
     @property
     def review_queue_size(self) -> int:
@@ -413,6 +414,14 @@ class WorkerCollector(Collector):
             "Items sent to review.queue whose label has not arrived",
             value=m.review_queue_size,
         )
+        info = GaugeMetricFamily(
+            f"{p}_worker_info",
+            "The worker (1), with the event loop it runs on",
+            labels=["event_loop"],
+        )
+        if m.event_loop:
+            info.add_metric([m.event_loop], 1.0)
+        yield info
 
     def _serving(self, state: ModelState | None) -> Iterable[Metric]:
         p = self.prefix

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from streams.event_loop import EVENT_LOOPS
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SPEC = Path(__file__).resolve().parent / "domains" / "payments.toml"
 # The offline writer's batches (the worker's agent and `headrace offline-writer` alike):
@@ -75,6 +77,8 @@ class Settings:
     # drained about 12% more events per second here, and adds up to 20 ms per Kafka hop at low
     # load (BENCHMARKS.md).
     producer_linger_ms: int = 5
+    # The worker's event loop: uvloop, or asyncio's own (``streams.event_loop``).
+    event_loop: str = "uvloop"
     # Score in the ingest agent, in the batches it reads (one Kafka hop), or, with False,
     # in an agent reading the features topic back (two): BENCHMARKS.md compares them.
     score_in_ingest: bool = True
@@ -160,6 +164,7 @@ class Settings:
             producer_linger_ms=_int(
                 env, "HEADRACE_PRODUCER_LINGER_MS", defaults.producer_linger_ms, minimum=0
             ),
+            event_loop=_choice(env, "HEADRACE_EVENT_LOOP", defaults.event_loop, EVENT_LOOPS),
             score_budget_ms=_int(
                 env, "HEADRACE_SCORE_BUDGET_MS", defaults.score_budget_ms, minimum=1
             ),

@@ -216,6 +216,9 @@ def check_metrics(metrics_url: str, valid: int) -> None:
     assert shares == {"champion": 1.0}
     assert families["headrace_consumer_lag"], "no assigned partition reported"
     assert families["headrace_review_queue_size"]
+    # The worker runs on uvloop unless HEADRACE_EVENT_LOOP says otherwise.
+    expected_loop = os.environ.get("HEADRACE_EVENT_LOOP") or "uvloop"
+    assert [s.labels["event_loop"] for s in families["headrace_worker_info"]] == [expected_loop]
     counts = " ".join(
         f"{name}={total(families, name):.0f}"
         for name in ("headrace_ingest_events", "headrace_scored", "headrace_outcomes")

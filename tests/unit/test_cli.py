@@ -34,6 +34,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
         (("offline-writer", "--within-s", "soon"), None, "--within-s"),
         (("offline-writer",), {"HEADRACE_OFFLINE_IN_WORKER": "yes"}, "HEADRACE_OFFLINE_IN_WORKER"),
         (("produce",), {"HEADRACE_PARTITIONS": "many"}, "HEADRACE_PARTITIONS must be an integer"),
+        (("worker",), {"HEADRACE_EVENT_LOOP": "trio"}, "HEADRACE_EVENT_LOOP must be one of"),
         (("produce",), {"HEADRACE_SPEC": "/no/such/spec.toml"}, "cannot read domain spec"),
     ],
 )

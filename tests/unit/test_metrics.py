@@ -164,3 +164,11 @@ def test_every_family_is_named_even_before_anything_happened() -> None:
         assert name in names
     assert "headrace_drift_total" not in names
     assert math.isclose(CONFIDENCE_BOUNDS[-1], 1.0)
+
+
+def test_the_worker_info_names_its_event_loop_once_known() -> None:
+    metrics = WorkerMetrics()
+    assert not any(name == "headrace_worker_info" for name, _ in samples(metrics))
+    metrics.event_loop = "uvloop"
+    got = samples(metrics)
+    assert got["headrace_worker_info", (("event_loop", "uvloop"),)] == 1

@@ -20,6 +20,13 @@ def test_a_linger_that_is_not_a_count_of_milliseconds_is_refused(bad: str) -> No
         Settings.from_env({"HEADRACE_PRODUCER_LINGER_MS": bad})
 
 
+def test_the_worker_runs_on_uvloop_unless_asyncio_is_asked_for() -> None:
+    assert Settings.from_env({}).event_loop == "uvloop"
+    assert Settings.from_env({"HEADRACE_EVENT_LOOP": "asyncio"}).event_loop == "asyncio"
+    with pytest.raises(SettingsError, match="HEADRACE_EVENT_LOOP must be one of uvloop, asyncio"):
+        Settings.from_env({"HEADRACE_EVENT_LOOP": "trio"})
+
+
 def test_the_offline_store_is_written_in_the_worker_unless_set_to_0() -> None:
     assert Settings.from_env({}).offline_in_worker is True
     assert Settings.from_env({"HEADRACE_OFFLINE_IN_WORKER": "1"}).offline_in_worker is True

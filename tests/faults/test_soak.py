@@ -9,7 +9,13 @@ The label join is off by default (``HEADRACE_SOAK_FEEDBACK=1`` turns it on): it 
 prediction for seven days waiting for its label, so without labels its state grows with
 every event by design, for far longer than a soak runs.
 
-``HEADRACE_SOAK_S`` (default 900), ``HEADRACE_SOAK_RATE`` (events/s, default 300) and
+The load is moderate: 150 events/s, about half of what one worker sustains here with the
+broker, this test's producer and its reader on the same two cores (a slow hour brought that
+down to 200-230/s, and 300/s then left the worker minutes behind at the end of the load).
+A soak tests that the worker stays flat and loses nothing, not how fast it is; ``headrace
+bench e2e`` measures that.
+
+``HEADRACE_SOAK_S`` (default 900), ``HEADRACE_SOAK_RATE`` (events/s, default 150) and
 ``HEADRACE_SOAK_WARMUP_S`` (default a third of the soak) shorten it while developing.
 """
 
@@ -39,16 +45,17 @@ from tests.integration.conftest import IsolatedRun
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 SOAK_S = int(os.environ.get("HEADRACE_SOAK_S", "900"))
-RATE = int(os.environ.get("HEADRACE_SOAK_RATE", "300"))
+RATE = int(os.environ.get("HEADRACE_SOAK_RATE", "150"))
 WARMUP_S = int(os.environ.get("HEADRACE_SOAK_WARMUP_S", str(SOAK_S // 3)))
 FEEDBACK = os.environ.get("HEADRACE_SOAK_FEEDBACK", "0")
 SAMPLE_EVERY_S = 5.0
 WINDOW_S = 60.0  # RSS is compared as the median of one window against another
 MAX_GROWTH = 0.10
-# Event time advances 100 ms per event on average (30 s per second at 300 events/s), so the
-# one-hour dedup horizon is passed within the warm-up and the remembered event ids stop
-# growing, as they do in production once the service has run for longer than the horizon.
-MEAN_GAP_MS = 100
+# Event time advances 30 s per second of load whatever the rate, so the one-hour dedup
+# horizon is passed within the warm-up and the remembered event ids stop growing, as they do
+# in production once the service has run for longer than the horizon.
+EVENT_SECONDS_PER_SECOND = 30
+MEAN_GAP_MS = max(1, EVENT_SECONDS_PER_SECOND * 1_000 // RATE)
 
 
 def median_rss_mb(samples: list[tuple[float, int]], start_s: float, end_s: float) -> float:

@@ -12,6 +12,7 @@ import structlog
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.producer import ProducerBuffer
 
+from streams import commits
 from streams.event_loop import loop_name
 from streams.metrics import METRICS
 from streams.settings import Settings
@@ -42,6 +43,10 @@ def _worker_consumer(thread: Any, transport: Any) -> Any:
 
 faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer = _worker_consumer  # type: ignore[method-assign,assignment]  # noqa: SLF001
 
+
+# faust counts the messages its streams skip in a rebalance as processed, and commits over
+# a single unacknowledged message: offsets are committed only past processed messages.
+commits.install(faust_aiokafka.Consumer)
 
 # Table writes queue their changelog records in faust's ProducerBuffer; past 100 queued
 # records the stream pauses until 100 are handed to the producer, one wait at a time.

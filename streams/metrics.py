@@ -144,6 +144,12 @@ COUNTERS: Mapping[str, str] = {
     "deadline_missed": "Predictions answered by the fast path after their deadline",
     "labels": "Labels read by the feedback join",
     "review_items": "Items sent to review.queue",
+    "skipped_acks_left_out": (
+        "Acknowledgements of messages a stream skipped in a rebalance, not counted as "
+        "processed (streams.commits)"
+    ),
+    "commits_withheld": "Offset commits held back at a partition's unacknowledged head",
+    "commit_rereads": "Partitions read again from their committed offset (streams.commits)",
 }
 
 

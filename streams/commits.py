@@ -155,12 +155,16 @@ def _in_flight(consumer: Any, tp: Any, offset: int) -> bool:
 
 
 def _hold(consumer: Any, tp: Any, missing: int, *, lowest_acked: int) -> None:
+    if tp not in consumer.assignment():
+        # Revoked: faust commits nothing of it, and its next owner reads from the
+        # committed offset.
+        WATCH.clear(tp)
+        return
     in_flight = _in_flight(consumer, tp, missing)
     first = WATCH.held.get(tp, (None, 0.0))[0] != missing
     if WATCH.hold(tp, missing, time.monotonic(), in_flight=in_flight):
-        if tp in consumer.assignment():
-            log.warning("commit.reread", topic=tp.topic, partition=tp.partition, offset=missing)
-            asyncio.get_running_loop().create_task(consumer.seek_wait({tp: missing}))
+        log.warning("commit.reread", topic=tp.topic, partition=tp.partition, offset=missing)
+        asyncio.get_running_loop().create_task(consumer.seek_wait({tp: missing}))
     elif first:
         log.warning(
             "commit.withheld",

@@ -89,8 +89,10 @@ class FakeConsumer:
     ack: ClassVar[Any] = Consumer.ack
     _new_offset: ClassVar[Any] = Consumer._new_offset
 
+    assigned: bool = True
+
     def assignment(self) -> set[Any]:
-        return {RAW_0}
+        return {RAW_0} if self.assigned else set()
 
     async def seek_wait(self, partitions: dict[Any, int]) -> None:
         self.seeks.append(partitions)
@@ -153,6 +155,22 @@ def test_a_head_still_being_processed_is_not_read_again(
 
     asyncio.run(commits_twice())
     assert consumer.seeks == []
+
+
+def test_a_revoked_partition_is_neither_read_again_nor_counted(
+    patched: type[FakeConsumer],
+) -> None:
+    consumer = patched(2585, [2586, 2587])
+    consumer.assigned = False
+
+    async def commits_twice() -> None:
+        assert consumer._new_offset(RAW_0) is None
+        assert consumer._new_offset(RAW_0) is None
+        await asyncio.sleep(0)
+
+    asyncio.run(commits_twice())
+    assert consumer.seeks == []
+    assert commits.WATCH.counters["commits_withheld"] == 0
 
 
 def test_the_watch_waits_before_a_reread() -> None:

@@ -256,7 +256,6 @@ def _start_profile(pid: int, path: Path, seconds: float) -> subprocess.Popen[byt
             str(int(seconds)),
             "-r",
             "100",
-            "--nonblocking",
             "--gil",  # the worker is bound by its GIL: a thread waiting for it costs nothing
             "--format",
             "raw" if path.suffix == ".txt" else "flamegraph",

@@ -138,6 +138,13 @@ def test_a_head_left_unacknowledged_is_read_again(patched: type[FakeConsumer]) -
     assert consumer.seeks == [{RAW_0: 2585}]
 
 
+async def _commits_twice_withheld(consumer: Any) -> None:
+    """Two commits in a row find nothing to commit; then the loop turns once."""
+    assert consumer._new_offset(RAW_0) is None
+    assert consumer._new_offset(RAW_0) is None
+    await asyncio.sleep(0)
+
+
 def test_a_head_still_being_processed_is_not_read_again(
     patched: type[FakeConsumer],
 ) -> None:
@@ -148,12 +155,7 @@ def test_a_head_still_being_processed_is_not_read_again(
 
     consumer = patched(2585, [2586, 2587], unacked=[Message(RAW_0, 2585)])
 
-    async def commits_twice() -> None:
-        assert consumer._new_offset(RAW_0) is None
-        assert consumer._new_offset(RAW_0) is None
-        await asyncio.sleep(0)
-
-    asyncio.run(commits_twice())
+    asyncio.run(_commits_twice_withheld(consumer))
     assert consumer.seeks == []
 
 
@@ -163,12 +165,7 @@ def test_a_revoked_partition_is_neither_read_again_nor_counted(
     consumer = patched(2585, [2586, 2587])
     consumer.assigned = False
 
-    async def commits_twice() -> None:
-        assert consumer._new_offset(RAW_0) is None
-        assert consumer._new_offset(RAW_0) is None
-        await asyncio.sleep(0)
-
-    asyncio.run(commits_twice())
+    asyncio.run(_commits_twice_withheld(consumer))
     assert consumer.seeks == []
     assert commits.WATCH.counters["commits_withheld"] == 0
 

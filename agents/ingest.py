@@ -25,12 +25,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-import weakref
-from collections.abc import Awaitable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable
 from typing import Any, NamedTuple
 
-import faust.streams as faust_streams
 import orjson
 import structlog
 
@@ -44,6 +41,7 @@ from streams.envelope import Accepted, SourcePosition
 from streams.metrics import METRICS
 from streams.pipeline import ValidationPipeline
 from streams.spec import load_spec
+from streams.table_batch import BatchedTable, current
 from tables.read_cache import ReadCachedMapping
 from tables.rows import FeatureRow
 
@@ -89,8 +87,12 @@ latest_features = app.Table(
 # The states last read or written, so most reads skip RocksDB and the decode; cleared on a
 # rebalance (another worker may have written them) and after a failed event (a state may
 # have changed in place without being written).
-entity_cache = ReadCachedMapping(entity_states, max_entries=ENTITY_CACHE_ENTRIES)
-pipeline = ValidationPipeline(spec, seen_ids, entity_cache)
+# Written a batch at a time: the store at once, the changelog records at the batch's end.
+seen_id_writes: BatchedTable[Any] = BatchedTable(seen_ids)
+entity_state_writes: BatchedTable[Any] = BatchedTable(entity_states)
+latest_feature_writes: BatchedTable[str] = BatchedTable(latest_features)
+entity_cache = ReadCachedMapping(entity_state_writes, max_entries=ENTITY_CACHE_ENTRIES)
+pipeline = ValidationPipeline(spec, seen_id_writes, entity_cache)
 _needs_rebuild = True
 _since_checkpoint: dict[int, int] = {}  # accepted events per partition since its checkpoint
 
@@ -109,19 +111,6 @@ def _rebuild() -> None:
         entity_states.items(),
     )
     log.info("ingest.state_rebuilt")
-
-
-@contextmanager
-def current(event: Any) -> Iterator[None]:
-    """Make ``event`` the one faust's tables see while its state is written: a table takes
-    the partition of a write (and of its changelog record) from ``current_event()``, which
-    ``take_events`` leaves unset (writing a table inside ``take`` raises TypeError,
-    faust-streaming #497)."""
-    token = faust_streams._current_event.set(weakref.ref(event))  # noqa: SLF001 - as faust's own stream loop does
-    try:
-        yield
-    finally:
-        faust_streams._current_event.reset(token)  # noqa: SLF001
 
 
 class Sent(NamedTuple):
@@ -167,7 +156,8 @@ async def ingest_one(event: Any) -> Sent | None:
             row = None if outcome.redelivered else outcome.features.row
             sent = Sent(record, written, deadline_ms, row)
         if not settings.redis_url and not outcome.redelivered:
-            latest_features[outcome.envelope.entity_id] = outcome.features.row.to_json().decode()
+            row_json = outcome.features.row.to_json().decode()
+            latest_feature_writes[outcome.envelope.entity_id] = row_json
     METRICS.ingest_accepted(time.perf_counter() - began)
     if not outcome.redelivered:
         _since_checkpoint[partition] = _since_checkpoint.get(partition, 0) + 1
@@ -183,6 +173,13 @@ def flush(partition: int) -> None:
         for key, state in pipeline.partition_states(partition).items():
             screen_state[key] = base64.b64encode(state).decode("ascii")
         _since_checkpoint[partition] = 0
+
+
+async def send_writes() -> None:
+    """Hand the batch's changelog records to the producer, before its messages are
+    acknowledged (``streams.table_batch``)."""
+    for table in (seen_id_writes, entity_state_writes, latest_feature_writes):
+        await table.send()
 
 
 def _rebuild_if_needed() -> None:
@@ -219,6 +216,7 @@ async def ingest(stream: Any) -> None:
             _rebuild_if_needed()
             await ingest_one(event)
             flush(event.message.partition)
+            await send_writes()
         return
     within_s = settings.score_within_ms / 1000
     async for events in stream.take_events(settings.score_max_batch, within=within_s):
@@ -236,5 +234,6 @@ async def ingest(stream: Any) -> None:
         for partition, event in last_of.items():  # one write per changed key and partition
             with current(event):
                 flush(partition)
+        await send_writes()
         if sent:
             await score_sent(sent)

@@ -1,0 +1,64 @@
+"""A worker app for the ``BatchedTable`` test: every operation is applied twice, to a table
+written by faust's own ``table[key] = value`` and to one written through ``BatchedTable``,
+so the test can compare their changelogs, their contents and their recovery.
+
+An operation is JSON on ``events.raw``: ``{"op": "set", "key": k, "value": v}``,
+``{"op": "del", "key": k}``, or ``{"op": "dump"}``, which sends both tables' contents and
+persisted offsets to ``predictions``.
+
+Run as ``python -m tests.integration.table_batch_app worker`` with a worker's environment.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from faust.types import TP
+
+from streams import topics
+from streams.app import app, settings, table_options
+from streams.event_loop import use_event_loop
+from streams.table_batch import BatchedTable, current
+
+plain = app.Table(
+    "table-batch-plain", key_type=str, partitions=settings.partitions, options=table_options()
+)
+batched_table = app.Table(
+    "table-batch-batched", key_type=str, partitions=settings.partitions, options=table_options()
+)
+batched: BatchedTable[Any] = BatchedTable(batched_table)
+
+
+def _persisted(table: Any) -> dict[str, int | None]:
+    topic = table.changelog_topic.get_topic_name()
+    return {str(p): table.data.persisted_offset(TP(topic, p)) for p in range(settings.partitions)}
+
+
+@app.agent(topics.raw)
+async def apply_operations(stream: Any) -> None:
+    async for events in stream.take_events(64, within=0.05):
+        for event in events:
+            operation = orjson.loads(event.value)
+            with current(event):
+                if operation["op"] == "set":
+                    plain[operation["key"]] = operation["value"]
+                    batched[operation["key"]] = operation["value"]
+                elif operation["op"] == "del":
+                    plain.pop(operation["key"], None)
+                    batched.pop(operation["key"], None)
+            if operation["op"] == "dump":
+                dump = {
+                    "plain": dict(plain.items()),
+                    "batched": dict(batched.items()),
+                    "persisted_plain": _persisted(plain),
+                    "persisted_batched": _persisted(batched_table),
+                }
+                await topics.predictions.send(key=b"dump", value=orjson.dumps(dump))
+        await batched.send()
+
+
+if __name__ == "__main__":
+    use_event_loop(settings.event_loop)
+    app.finalize()
+    app.main()

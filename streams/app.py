@@ -48,9 +48,11 @@ faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer = _worker_consumer
 # a single unacknowledged message: offsets are committed only past processed messages.
 commits.install(faust_aiokafka.Consumer)
 
-# Table writes queue their changelog records in faust's ProducerBuffer; past 100 queued
-# records the stream pauses until 100 are handed to the producer, one wait at a time.
-# Ingest writes two table keys an event, so the worker paused every 50 events.
+# faust's own table writes (``table[key] = value``) queue their changelog records in its
+# ProducerBuffer; past 100 queued records the stream pauses until 100 are handed to the
+# producer, one wait at a time. The feedback agent's joins and the ingest agent's outlier
+# checkpoints still take that path (the ingest agent's other writes go through
+# ``streams.table_batch``); with 100, a worker writing two keys an event paused every 50.
 CHANGELOG_BUFFER_MESSAGES = 5_000
 ProducerBuffer.max_messages = CHANGELOG_BUFFER_MESSAGES
 

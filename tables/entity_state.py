@@ -150,11 +150,15 @@ def features_of(
         float(event_time - previous_time) if recent and previous_time is not None else None
     )
     windows = state["w"]
+    in_window: dict[str, list[dict[str, Any]]] = {}  # window -> its cells (aggregates share)
     for item in plan.cells:
-        steps = windows.get(item.window)
-        last = event_time // item.step_ms
-        first = last - item.steps + 1
-        cells = [cell for key, cell in steps.items() if first <= int(key) <= last] if steps else []
+        cells = in_window.get(item.window)
+        if cells is None:
+            steps = windows.get(item.window)
+            last = event_time // item.step_ms
+            first = last - item.steps + 1
+            cells = [c for key, c in steps.items() if first <= int(key) <= last] if steps else []
+            in_window[item.window] = cells
         _window_features(values, item, cells)
     for ratio in spec.ratios:
         numerator = _number(payload.get(ratio.numerator))

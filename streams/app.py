@@ -14,6 +14,7 @@ from faust.transport.producer import ProducerBuffer
 
 from streams import commits
 from streams.event_loop import loop_name
+from streams.garbage import tune_collector
 from streams.metrics import METRICS
 from streams.settings import Settings
 
@@ -146,3 +147,13 @@ async def note_event_loop() -> None:
 
 
 app.task(note_event_loop)
+
+
+async def tune_garbage_collector() -> None:
+    """Freeze start-up's objects and raise the first GC threshold
+    (``HEADRACE_GC_THRESHOLD``, ``streams.garbage``)."""
+    thresholds = tune_collector(settings.gc_threshold)
+    structlog.get_logger(__name__).info("worker.gc", thresholds=list(thresholds))
+
+
+app.task(tune_garbage_collector)

@@ -27,6 +27,14 @@ def test_the_worker_runs_on_uvloop_unless_asyncio_is_asked_for() -> None:
         Settings.from_env({"HEADRACE_EVENT_LOOP": "trio"})
 
 
+def test_the_first_gc_threshold_is_50_000_unless_set() -> None:
+    assert Settings.from_env({}).gc_threshold == 50_000
+    assert Settings.from_env({"HEADRACE_GC_THRESHOLD": "0"}).gc_threshold == 0
+    assert Settings.from_env({"HEADRACE_GC_THRESHOLD": "2000"}).gc_threshold == 2000
+    with pytest.raises(SettingsError, match="HEADRACE_GC_THRESHOLD must be >= 0, got -1"):
+        Settings.from_env({"HEADRACE_GC_THRESHOLD": "-1"})
+
+
 def test_the_offline_store_is_written_in_the_worker_unless_set_to_0() -> None:
     assert Settings.from_env({}).offline_in_worker is True
     assert Settings.from_env({"HEADRACE_OFFLINE_IN_WORKER": "1"}).offline_in_worker is True

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -76,6 +76,10 @@ def test_ensemble_nll_stays_finite_when_every_member_is_certain_and_wrong() -> N
     st.floats(0.05, 20.0),
     st.integers(0, 2**32 - 1),
 )
+# A served probability that underflows to 0 (e^-820), and one that is subnormal (e^-740,
+# a few significant bits): the log of the row cannot be the loss there, the NLL still is.
+@example(np.array([[[15.0, -26.0]]]), 0.0546875, 0)
+@example(np.array([[[7.0, -30.0]]]), 0.05, 0)
 def test_served_rows_are_distributions_and_the_nll_is_their_log_loss(
     member_logits: np.ndarray, temperature: float, seed: int
 ) -> None:
@@ -84,9 +88,11 @@ def test_served_rows_are_distributions_and_the_nll_is_their_log_loss(
     assert np.all(probs >= 0.0)
     assert probs.sum(axis=1) == pytest.approx(np.ones(probs.shape[0]))
     labels = np.random.default_rng(seed).integers(0, probs.shape[1], probs.shape[0])
-    direct = -np.log(probs[np.arange(labels.size), labels]).mean()
-    if math.isfinite(direct):
-        assert ensemble_nll(member_logits, labels, temperature) == pytest.approx(direct, rel=1e-9)
+    loss = ensemble_nll(member_logits, labels, temperature)
+    assert math.isfinite(loss)
+    chosen = probs[np.arange(labels.size), labels]
+    if np.all(chosen >= np.finfo(np.float64).tiny):  # normal floats: full precision
+        assert loss == pytest.approx(-np.log(chosen).mean(), rel=1e-9)
 
 
 def test_one_member_or_identical_members_fit_the_single_model_temperature() -> None:

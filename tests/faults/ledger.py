@@ -9,19 +9,21 @@ a duplicate, counted and reported, never an error: delivery is at least once.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import itertools
 import json
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
 import orjson
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from headrace.worker_process import WorkerProcess
 from streams.settings import Settings
@@ -186,6 +188,17 @@ class Ledger:
     def unpredicted(self, expected: Expected) -> set[str]:
         return set(expected.valid_ids - self.predictions.keys())
 
+    def valid_rejected(self, expected: Expected) -> dict[tuple[int, int], tuple[str, str]]:
+        """Dead letters for events that were valid: source position -> (event id, reason).
+        A copy of a valid event is rejected as a duplicate by design, so duplicates of
+        an event that was predicted are left out."""
+        return {
+            position: (event_id, reason)
+            for position, (event_id, reason, _, _) in self.letters.items()
+            if event_id in expected.valid_ids
+            and not (reason == "duplicate" and event_id in self.predictions)
+        }
+
     def missing_rejections(self, expected: Expected) -> Counter[tuple[str, str]]:
         return expected.rejections - self.rejected_as()
 
@@ -224,29 +237,113 @@ class Ledger:
             "conflicting_rejections": self.conflicting_letters,
             "unpredicted": len(self.unpredicted(expected)),
             "missing_rejections": sum(self.missing_rejections(expected).values()),
+            "valid_rejected": len(self.valid_rejected(expected)),
             "rejections_by_reason": dict(sorted(self.reasons().items())),
             "predictions_by_worker": dict(self.by_worker),
         }
 
 
-def shortfall(ledger: Ledger, expected: Expected, *workers: WorkerProcess) -> Callable[[], str]:
-    """An ``explain`` for ``Follower.until``: the ledger's summary, a sample of the events
-    not yet accounted for, and the end of each worker's log."""
+def shortfall(
+    ledger: Ledger, expected: Expected, *workers: WorkerProcess
+) -> Callable[[], Awaitable[str]]:
+    """An ``explain`` for ``Follower.until``: the ledger's summary, where the first events
+    not yet accounted for are (their raw messages, features records and dead letters, the
+    group's committed offsets), and the end of each worker's log with its commit warnings."""
 
-    def explain() -> str:
+    async def explain() -> str:
         unpredicted = sorted(ledger.unpredicted(expected))
         missing = ledger.missing_rejections(expected)
+        rejected = sorted(ledger.valid_rejected(expected).items())
         parts = [
             json.dumps(ledger.summary(expected), sort_keys=True),
             f"unpredicted ({len(unpredicted)}), first ones: {unpredicted[:10]}",
             f"missing rejections, first ones: {sorted(missing.items())[:10]}",
+            f"valid events rejected ({len(rejected)}), first ones: {rejected[:10]}",
         ]
-        parts.extend(
-            f"--- {worker.log_path.name}, last lines:\n{worker.log_tail(30)}" for worker in workers
-        )
+        try:
+            parts.append(await locate(ledger, unpredicted[:10]))
+        except Exception as exc:  # noqa: BLE001 - the explanation must not hide the failure
+            parts.append(f"could not locate them: {exc!r}")
+        for worker in workers:
+            log = worker.log_since_start().decode("utf-8", "replace").splitlines()
+            commits = [line for line in log if "commit." in line or "rebalance" in line.lower()]
+            parts.append(f"--- {worker.log_path.name}, commit and rebalance lines:")
+            parts.extend(commits[-40:])
+            parts.append(f"--- {worker.log_path.name}, last lines:\n{worker.log_tail(30)}")
         return "\n".join(parts)
 
     return explain
+
+
+async def _read_all(settings: Settings, topic: str) -> AsyncIterator[Any]:
+    """Every record of ``topic`` up to its end as it is now."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=settings.bootstrap_servers,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+        max_poll_records=5_000,
+    )
+    await consumer.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not consumer.assignment():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no partitions of {topic} assigned")
+            await asyncio.sleep(0.1)
+        ends = await consumer.end_offsets(list(consumer.assignment()))
+        while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
+            batch = await consumer.getmany(timeout_ms=500)
+            for messages in batch.values():
+                for message in messages:
+                    yield message
+    finally:
+        await consumer.stop()
+
+
+async def locate(ledger: Ledger, event_ids: list[str]) -> str:
+    """Where the given events went: each raw message's partition and offset, its features
+    records and dead letter, against the group's committed offset of its partition."""
+    if not event_ids:
+        return "nothing to locate"
+    settings = ledger.settings
+    wanted = {event_id.encode() for event_id in event_ids}
+    raw: dict[str, list[tuple[int, int]]] = {}
+    async for message in _read_all(settings, settings.topics.raw):
+        found = EVENT_ID.search(message.value or b"")
+        if found and found.group(1) in wanted:
+            raw.setdefault(found.group(1).decode(), []).append((message.partition, message.offset))
+    features: dict[str, list[str]] = {}
+    async for message in _read_all(settings, settings.topics.features):
+        found = EVENT_ID.search(message.value or b"")
+        if found and found.group(1) in wanted:
+            record = orjson.loads(message.value)
+            features.setdefault(found.group(1).decode(), []).append(
+                f"features {message.partition}@{message.offset} from raw "
+                f"{record['source']['partition']}@{record['source']['offset']}"
+                f"{' redelivered' if record.get('redelivered') else ''}"
+            )
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    await admin.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(settings.app_id)
+    finally:
+        await admin.close()
+    lines = []
+    for event_id in event_ids:
+        for partition, offset in raw.get(event_id, []):
+            meta = committed.get(TopicPartition(settings.topics.raw, partition))
+            letter = ledger.letters.get((partition, offset))
+            lines.append(
+                f"{event_id}: raw {partition}@{offset}, group committed "
+                f"{meta.offset if meta is not None else None}; "
+                f"{'; '.join(features.get(event_id, [])) or 'no features record'}; "
+                f"dead letter {letter[1:3] if letter else None}"
+            )
+        if event_id not in raw:
+            lines.append(f"{event_id}: not in {settings.topics.raw}")
+    return "\n".join(lines)
 
 
 class Follower:
@@ -296,7 +393,7 @@ class Follower:
         *,
         alive: Callable[[], bool] | None = None,
         what: str = "the condition",
-        explain: Callable[[], str] | None = None,
+        explain: Callable[[], Awaitable[str]] | None = None,
     ) -> float:
         """Read until ``condition(ledger)`` holds; the seconds it took. ``alive`` is checked
         on the way, so a dead worker fails the wait at once instead of at the timeout;
@@ -305,10 +402,10 @@ class Follower:
         deadline = started + timeout_s
         while not condition(self.ledger):
             if time.monotonic() > deadline:
-                detail = f"\n{explain()}" if explain is not None else ""
+                detail = f"\n{await explain()}" if explain is not None else ""
                 raise TimeoutError(f"{what} did not hold within {timeout_s:.0f} s{detail}")
             if alive is not None and not alive():
-                detail = f"\n{explain()}" if explain is not None else ""
+                detail = f"\n{await explain()}" if explain is not None else ""
                 raise RuntimeError(
                     f"a worker died or an agent crashed while waiting for {what}{detail}"
                 )

@@ -1,9 +1,9 @@
 """Offsets a worker commits: never past a message it has not processed.
 
 faust commits, per partition, the end of the first run of consecutive acknowledged
-offsets. Two things let that pass a message nobody processed, and in a rebalance under
-load each lost events (tests/faults/test_rebalance.py: two consecutive messages of a
-partition, in one run of four):
+offsets. Three things let that pass a message nobody processed, and in a rebalance under
+load each lost events or could (tests/faults/test_rebalance.py: two consecutive messages
+of a partition, in one run of four; one event, in one clean-clone run of three):
 
 1. The stream *acknowledges the messages it skips*: those it takes from its queue while a
    rebalance holds the flow, or that were fetched for the assignment before
@@ -21,16 +21,31 @@ partition, in one run of four):
    the committed offset after ``REREAD_AFTER_S``. Its successors are then read twice,
    which at-least-once allows and the ingest agent recognises (``streams.pipeline``: a
    message its entity's state already holds is redelivered).
+3. A seek races the fetcher. faust's fetch loop keeps the records of its last fetch while
+   it hands them on one by one, and sets each partition's read offset from the last one
+   handed on. A seek made meanwhile (the commit-time seek of a rebalance, or a reread
+   above) sets the read offset back, and the next record of the old batch then looks
+   like a jump in the log: faust records the offsets in between as a *gap* (as if
+   compaction had removed them) and counts them as done, though nobody read them; and
+   the records fetched again from the seek fall below the read offset the old batch left
+   and are dropped, so a reread could fail for a minute under load (seen in
+   tests/faults/test_rebalance.py: eleven rereads of one head before it came).
+   :class:`SeekGuard` makes every seek of ours happen between two fetches (the reread is
+   queued, not run at once), and checks the first record handed on after any seek: one
+   past the seek's offset is stale and held back, and the partition is sought again
+   before the next fetch; after a seek of ours, which no old record can follow, a record
+   past the offset is a real hole in the log (compaction, transaction markers) and is
+   recorded as a gap from the seek's offset.
 
-:func:`install` puts both in front of faust's own ``Consumer.ack`` and
-``Consumer._new_offset``.
+:func:`install` puts these in front of faust's own ``Consumer.ack``,
+``Consumer._new_offset``, ``Consumer.getmany`` and ``Consumer.perform_seek``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from enum import Enum
 from typing import Any
 
 import structlog
@@ -43,6 +58,7 @@ log = structlog.get_logger(__name__)
 # being processed, before the partition is read again from its committed offset. A
 # message in flight is acknowledged within its batch (milliseconds to a second or two).
 REREAD_AFTER_S = 5.0
+_END = 2**63  # past any offset
 
 
 def counts_as_processed(
@@ -114,6 +130,79 @@ class HeadWatch:
 WATCH = HeadWatch(counters=METRICS.counters)
 
 
+class Admit(Enum):
+    """What the guard does with a record about to be handed on after a seek."""
+
+    HAND_ON = "hand_on"  # the record the seek asked for, or no seek waiting: hand it on
+    STALE = "stale"  # past the seek's offset, fetched before it: hold back, seek again
+    EARLIER = "earlier"  # below the seek's offset, from an old batch: drop it
+    HOLE = "hole"  # past the offset of a seek of ours: the log has nothing in between
+
+
+class SeekGuard:
+    """Where each partition was sought to, until its first record arrives
+    (``expected``: tp -> (offset, whether the seek was ours, made between fetches)); the
+    seeks to make before the next fetch (``pending``), and how many stale records each
+    of them follows (``held_back``)."""
+
+    def __init__(self, counters: dict[str, int] | None = None) -> None:
+        self.expected: dict[Any, tuple[int, bool]] = {}
+        self.pending: dict[Any, int] = {}
+        self.held_back: dict[Any, tuple[int, int]] = {}  # tp -> (how many, first offset)
+        self.counters = counters if counters is not None else {}
+        self.counters.setdefault("stale_records_held_back", 0)
+
+    def sought(self, tp: Any, offset: int, *, between_fetches: bool) -> None:
+        self.expected[tp] = (offset, between_fetches)
+
+    def request(self, tp: Any, offset: int) -> None:
+        """Seek ``tp`` to ``offset`` before the next fetch."""
+        self.pending[tp] = offset
+
+    def take_pending(self, assigned: set[Any]) -> dict[Any, tuple[int, tuple[int, int]]]:
+        """The seeks to make now, for partitions still assigned, each with the stale
+        records held back before it (how many, the first one's offset); the rest are
+        dropped (their next owner reads from the committed offset)."""
+        pending = {
+            tp: (offset, self.held_back.get(tp, (0, -1)))
+            for tp, offset in self.pending.items()
+            if tp in assigned
+        }
+        self.pending = {}
+        self.held_back = {}
+        return pending
+
+    def superseded(self) -> None:
+        """Every partition was just sought to its committed offset (a rebalance): the
+        queued seeks are moot."""
+        self.pending = {}
+        self.held_back = {}
+
+    def admit(self, tp: Any, offset: int) -> tuple[Admit, int]:
+        """What to do with a record of ``tp`` at ``offset`` about to be handed on, and
+        the offset the partition was sought to (``offset`` when none was)."""
+        expected = self.expected.get(tp)
+        if expected is None:
+            return Admit.HAND_ON, offset
+        wanted, ours = expected
+        if offset == wanted:
+            del self.expected[tp]
+            return Admit.HAND_ON, wanted
+        if offset < wanted:
+            return Admit.EARLIER, wanted
+        if ours:
+            del self.expected[tp]
+            return Admit.HOLE, wanted
+        self.counters["stale_records_held_back"] += 1
+        self.pending[tp] = wanted
+        count, first = self.held_back.get(tp, (0, offset))
+        self.held_back[tp] = (count + 1, first)
+        return Admit.STALE, wanted
+
+
+GUARD = SeekGuard(counters=METRICS.counters)
+
+
 def install(consumer_class: Any) -> None:
     """Check acknowledgements and each partition's head before faust uses them."""
     faust_ack = consumer_class.ack
@@ -145,8 +234,87 @@ def install(consumer_class: Any) -> None:
         result: int | None = faust_new_offset(consumer, tp)
         return result
 
+    faust_add_gap = consumer_class._add_gap  # noqa: SLF001
+
+    async def _add_gap(consumer: Any, tp: Any, offset_from: int, offset_to: int) -> None:
+        log.warning(
+            "commit.gap",
+            topic=tp.topic,
+            partition=tp.partition,
+            offset_from=offset_from,
+            offset_to=offset_to,
+            committed=consumer._committed_offset[tp],  # noqa: SLF001
+        )
+        await faust_add_gap(consumer, tp, offset_from, offset_to)
+
     consumer_class.ack = ack
     consumer_class._new_offset = _new_offset  # noqa: SLF001
+    consumer_class._add_gap = _add_gap  # noqa: SLF001
+    _install_seek_guard(consumer_class)
+
+
+def _install_seek_guard(consumer_class: Any) -> None:
+    faust_getmany = consumer_class.getmany
+    faust_perform_seek = consumer_class.perform_seek
+
+    async def getmany(  # faust calls it with timeout=
+        consumer: Any,
+        timeout: float,  # noqa: ASYNC109
+    ) -> AsyncIterator[tuple[Any, Any]]:
+        if GUARD.pending and consumer.flow_active:
+            await _seek_between_fetches(consumer)
+        async for tp, message in faust_getmany(consumer, timeout):
+            if not GUARD.expected:  # the common case: no seek waiting for its record
+                yield tp, message
+                continue
+            verdict, sought = GUARD.admit(tp, message.offset)
+            if verdict is Admit.HOLE:
+                consumer._gap[tp].addi(sought, message.offset)  # noqa: SLF001
+                log.warning(
+                    "commit.hole",
+                    topic=tp.topic,
+                    partition=tp.partition,
+                    begin=sought,
+                    end=message.offset,
+                )
+            if verdict is Admit.HAND_ON or verdict is Admit.HOLE:
+                yield tp, message
+
+    async def perform_seek(consumer: Any) -> None:
+        await faust_perform_seek(consumer)
+        GUARD.superseded()
+        read_offset = consumer._read_offset  # noqa: SLF001
+        acks_enabled_for = consumer.app.topics.acks_enabled_for  # the streams' topics:
+        for tp in consumer.assignment():  # table recovery seeks changelogs itself
+            offset = read_offset.get(tp)
+            if offset is not None and acks_enabled_for(tp.topic):
+                GUARD.sought(tp, offset, between_fetches=False)
+
+    consumer_class.getmany = getmany
+    consumer_class.perform_seek = perform_seek
+
+
+async def _seek_between_fetches(consumer: Any) -> None:
+    """Make the queued seeks: each partition's read offset set back with it, the gaps
+    recorded from there on forgotten (its records come again, and any real hole with
+    them), and its first record checked (:meth:`SeekGuard.admit`)."""
+    pending = GUARD.take_pending(consumer.assignment())
+    if not pending:
+        return
+    await consumer.seek_wait({tp: offset for tp, (offset, _) in pending.items()})
+    for tp, (offset, (held_back, first_held_back)) in pending.items():
+        consumer._read_offset[tp] = offset  # noqa: SLF001 - seek_wait leaves 0 unset
+        consumer._gap[tp].chop(offset, _END)  # noqa: SLF001
+        GUARD.sought(tp, offset, between_fetches=True)
+        if held_back:
+            log.warning(
+                "commit.sought_again",
+                topic=tp.topic,
+                partition=tp.partition,
+                offset=offset,
+                stale_records_held_back=held_back,
+                first_held_back=first_held_back,
+            )
 
 
 def _in_flight(consumer: Any, tp: Any, offset: int) -> bool:
@@ -164,7 +332,7 @@ def _hold(consumer: Any, tp: Any, missing: int, *, lowest_acked: int) -> None:
     first = WATCH.held.get(tp, (None, 0.0))[0] != missing
     if WATCH.hold(tp, missing, time.monotonic(), in_flight=in_flight):
         log.warning("commit.reread", topic=tp.topic, partition=tp.partition, offset=missing)
-        asyncio.get_running_loop().create_task(consumer.seek_wait({tp: missing}))
+        GUARD.request(tp, missing)
     elif first:
         log.warning(
             "commit.withheld",

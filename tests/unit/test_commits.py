@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any, ClassVar
@@ -15,7 +16,13 @@ from faust.types.tuples import ConsumerMessage
 from intervaltree import IntervalTree
 
 from streams import commits
-from streams.commits import HeadWatch, counts_as_processed, first_unacknowledged
+from streams.commits import (
+    Admit,
+    HeadWatch,
+    SeekGuard,
+    counts_as_processed,
+    first_unacknowledged,
+)
 
 RAW_0 = TP("events.raw", 0)
 
@@ -73,6 +80,9 @@ class FakeConsumer:
     unacked: list[Any] = field(default_factory=list)
     seeks: list[dict[Any, int]] = field(default_factory=list)
     app: FakeApp = field(default_factory=FakeApp)
+    # what each fetch returns: (offset, ...) of RAW_0, one tuple a fetch
+    fetches: list[tuple[int, ...]] = field(default_factory=list)
+    flow_active: bool = True
 
     def __post_init__(self) -> None:
         self._n_acked = 0
@@ -85,9 +95,11 @@ class FakeConsumer:
         for begin, end in self.gaps:
             self._gap[RAW_0].addi(begin, end)
         self._unacked_messages = Unacked(self.unacked)
+        self._read_offset: dict[Any, int | None] = defaultdict(lambda: None)
 
     ack: ClassVar[Any] = Consumer.ack
     _new_offset: ClassVar[Any] = Consumer._new_offset
+    _add_gap: ClassVar[Any] = Consumer._add_gap
 
     assigned: bool = True
 
@@ -96,6 +108,15 @@ class FakeConsumer:
 
     async def seek_wait(self, partitions: dict[Any, int]) -> None:
         self.seeks.append(partitions)
+        self._read_offset.update(partitions)
+
+    async def getmany(self, timeout: float) -> AsyncIterator[tuple[Any, Any]]:  # noqa: ARG002
+        for offset in self.fetches.pop(0) if self.fetches else ():
+            yield RAW_0, SimpleNamespace(offset=offset)
+
+    async def perform_seek(self) -> None:
+        """As faust's: the read offset set to the committed one."""
+        self._read_offset[RAW_0] = self._committed_offset[RAW_0]
 
 
 @pytest.fixture
@@ -104,6 +125,7 @@ def patched(monkeypatch: pytest.MonkeyPatch) -> type[FakeConsumer]:
         pass
 
     monkeypatch.setattr(commits, "WATCH", HeadWatch(reread_after_s=0.0))
+    monkeypatch.setattr(commits, "GUARD", SeekGuard())
     commits.install(Patched)
     return Patched
 
@@ -135,6 +157,9 @@ def test_a_head_left_unacknowledged_is_read_again(patched: type[FakeConsumer]) -
         await asyncio.sleep(0)
 
     asyncio.run(commits_twice())
+    assert commits.GUARD.pending == {RAW_0: 2585}  # sought before the next fetch
+    consumer.fetches = [(2585, 2586, 2587)]
+    assert asyncio.run(_fetch(consumer)) == [2585, 2586, 2587]
     assert consumer.seeks == [{RAW_0: 2585}]
 
 
@@ -156,7 +181,7 @@ def test_a_head_still_being_processed_is_not_read_again(
     consumer = patched(2585, [2586, 2587], unacked=[Message(RAW_0, 2585)])
 
     asyncio.run(_commits_twice_withheld(consumer))
-    assert consumer.seeks == []
+    assert commits.GUARD.pending == {}
 
 
 def test_a_revoked_partition_is_neither_read_again_nor_counted(
@@ -166,7 +191,7 @@ def test_a_revoked_partition_is_neither_read_again_nor_counted(
     consumer.assigned = False
 
     asyncio.run(_commits_twice_withheld(consumer))
-    assert consumer.seeks == []
+    assert commits.GUARD.pending == {}
     assert commits.WATCH.counters["commits_withheld"] == 0
 
 
@@ -255,3 +280,70 @@ def test_a_message_of_an_older_generation_stays_uncommitted(patched: type[FakeCo
     fresh.tracked = True
     assert _ack(fresh, consumer)
     assert consumer._new_offset(RAW_0) == 21
+
+
+async def _fetch(consumer: Any) -> list[int]:
+    """One turn of faust's fetch loop: the offsets handed on, the read offset set from
+    each as faust does."""
+    offsets = []
+    async for tp, message in consumer.getmany(timeout=1.0):
+        offsets.append(message.offset)
+        consumer._read_offset[tp] = message.offset
+    return offsets
+
+
+def test_the_guard_hands_on_what_a_seek_asked_for() -> None:
+    guard = SeekGuard()
+    assert guard.admit(RAW_0, 5) == (Admit.HAND_ON, 5)  # no seek: nothing to check
+    guard.sought(RAW_0, 10, between_fetches=False)
+    assert guard.admit(RAW_0, 9) == (Admit.EARLIER, 10)
+    assert guard.admit(RAW_0, 12) == (Admit.STALE, 10)
+    assert guard.admit(RAW_0, 13) == (Admit.STALE, 10)
+    assert guard.pending == {RAW_0: 10}
+    assert guard.counters["stale_records_held_back"] == 2
+    assert guard.take_pending({RAW_0}) == {RAW_0: (10, (2, 12))}
+    assert guard.pending == {}
+    guard.sought(RAW_0, 10, between_fetches=True)
+    assert guard.admit(RAW_0, 10) == (Admit.HAND_ON, 10)
+    assert guard.admit(RAW_0, 14) == (Admit.HAND_ON, 14)  # checked once, then trusted
+    guard.sought(RAW_0, 20, between_fetches=True)
+    assert guard.admit(RAW_0, 23) == (Admit.HOLE, 20)  # nothing at 20..22 in the log
+    assert guard.expected == {}
+
+
+def test_seeks_for_revoked_partitions_are_dropped() -> None:
+    guard = SeekGuard()
+    guard.request(RAW_0, 7)
+    assert guard.take_pending(set()) == {}
+    guard.request(RAW_0, 7)
+    guard.superseded()
+    assert guard.pending == {}
+
+
+def test_records_fetched_before_a_rebalance_seek_are_held_back(
+    patched: type[FakeConsumer],
+) -> None:
+    consumer = patched(100, [], fetches=[(103, 104), (100, 101, 102, 103, 104)])
+    asyncio.run(consumer.perform_seek())
+    assert asyncio.run(_fetch(consumer)) == []  # the rest of the old batch
+    assert commits.GUARD.pending == {RAW_0: 100}
+    assert asyncio.run(_fetch(consumer)) == [100, 101, 102, 103, 104]  # sought again first
+    assert consumer.seeks == [{RAW_0: 100}]
+    assert not consumer._gap[RAW_0]
+
+
+def test_a_hole_found_after_a_seek_of_ours_counts_as_a_gap(patched: type[FakeConsumer]) -> None:
+    consumer = patched(100, [103, 104], fetches=[(103, 104, 105)])
+    consumer._gap[RAW_0].addi(101, 103)  # recorded earlier from a stale record: forgotten
+    commits.GUARD.request(RAW_0, 100)
+    assert asyncio.run(_fetch(consumer)) == [103, 104, 105]  # the log starts at 103 now
+    assert sorted((gap.begin, gap.end) for gap in consumer._gap[RAW_0]) == [(100, 103)]
+    assert consumer._new_offset(RAW_0) == 105
+
+
+def test_no_seek_is_made_while_the_flow_is_held(patched: type[FakeConsumer]) -> None:
+    consumer = patched(100, [], fetches=[()], flow_active=False)
+    commits.GUARD.request(RAW_0, 100)
+    asyncio.run(_fetch(consumer))
+    assert consumer.seeks == []
+    assert commits.GUARD.pending == {RAW_0: 100}  # left for after the rebalance

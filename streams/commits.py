@@ -3,7 +3,7 @@
 faust commits, per partition, the end of the first run of consecutive acknowledged
 offsets. Three things let that pass a message nobody processed, and in a rebalance under
 load each lost events or could (tests/faults/test_rebalance.py: two consecutive messages
-of a partition, in one run of four; one event, in one clean-clone run of three):
+of a partition, in one run of four; one event in each of two clean-clone CI runs):
 
 1. The stream *acknowledges the messages it skips*: those it takes from its queue while a
    rebalance holds the flow, or that were fetched for the assignment before

@@ -150,6 +150,10 @@ COUNTERS: Mapping[str, str] = {
     ),
     "commits_withheld": "Offset commits held back at a partition's unacknowledged head",
     "commit_rereads": "Partitions read again from their committed offset (streams.commits)",
+    "stale_records_held_back": (
+        "Records fetched before a seek and held back, their partition sought again "
+        "(streams.commits)"
+    ),
 }
 
 

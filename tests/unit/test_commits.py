@@ -14,6 +14,7 @@ from faust.transport.consumer import Consumer
 from faust.types import TP
 from faust.types.tuples import ConsumerMessage
 from intervaltree import IntervalTree
+from prometheus_client import CollectorRegistry
 
 from streams import commits
 from streams.commits import (
@@ -23,6 +24,7 @@ from streams.commits import (
     counts_as_processed,
     first_unacknowledged,
 )
+from streams.metrics import WorkerCollector, WorkerMetrics
 
 RAW_0 = TP("events.raw", 0)
 
@@ -290,6 +292,18 @@ async def _fetch(consumer: Any) -> list[int]:
         offsets.append(message.offset)
         consumer._read_offset[tp] = message.offset
     return offsets
+
+
+def test_the_commit_counters_reach_a_scrape() -> None:
+    metrics = WorkerMetrics()
+    guard = SeekGuard(counters=metrics.counters)
+    guard.sought(RAW_0, 10, between_fetches=False)
+    guard.admit(RAW_0, 12)
+    registry = CollectorRegistry()
+    registry.register(WorkerCollector(metrics))
+    assert registry.get_sample_value("headrace_stale_records_held_back_total") == 1.0
+    for name in ("commit_rereads", "commits_withheld", "skipped_acks_left_out"):
+        assert registry.get_sample_value(f"headrace_{name}_total") == 0.0
 
 
 def test_the_guard_hands_on_what_a_seek_asked_for() -> None:

@@ -9,6 +9,7 @@ start fails the run with the reason; integration tests are never skipped.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,7 @@ def isolated(
     request: pytest.FixtureRequest,
 ) -> Iterator[IsolatedRun]:
     log_dir = ARTIFACTS / request.node.name
+    shutil.rmtree(log_dir, ignore_errors=True)  # this run's worker logs only
     env = isolated_env(tmp_path)
     run = IsolatedRun(env=env, settings=Settings.from_env({**os.environ, **env}), log_dir=log_dir)
     yield run

@@ -9,10 +9,15 @@ serves the entities of the partitions it owns; with several workers, configure R
 (``streams.dashboard.dashboard_data``) every second. A timer takes a metrics snapshot
 every second for the dashboard's rates and recent quantiles; the model state and the
 consumer lag are read just before each answer.
+
+``GET /debug/profile?seconds=20`` (only with ``HEADRACE_DEBUG_PROFILE=1``) samples the
+worker's stacks by CPU time for that long and answers them folded (``streams.sampler``);
+one profile at a time.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from typing import Any
@@ -21,9 +26,10 @@ import orjson
 
 from agents.ingest import latest_features
 from agents.lifecycle import fleet
-from streams.app import app
+from streams.app import app, settings
 from streams.dashboard import SnapshotHistory, dashboard_data, dashboard_html
 from streams.metrics import METRICS, PROMETHEUS_CONTENT_TYPE, REGISTRY, exposition
+from streams.sampler import StackSampler, profile_seconds
 
 MAX_IDS = 1_000
 
@@ -88,3 +94,26 @@ async def dashboard_data_page(web: Any, _request: Any) -> Any:
         orjson.dumps(dashboard_data(history, METRICS)),
         headers={"Content-Type": "application/json", "Cache-Control": "no-store"},
     )
+
+
+_profiling = asyncio.Lock()
+
+
+@app.page("/debug/profile")
+async def profile_page(web: Any, request: Any) -> Any:
+    if not settings.debug_profile:
+        return web.json({"error": "profiling is off (HEADRACE_DEBUG_PROFILE=1)"}, status=404)
+    try:
+        seconds = profile_seconds(request.query.get("seconds", "10"))
+    except ValueError as error:
+        return web.json({"error": str(error)}, status=400)
+    if _profiling.locked():
+        return web.json({"error": "a profile is being taken"}, status=409)
+    async with _profiling:
+        sampler = StackSampler()
+        sampler.start(seconds)
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            sampler.stop()
+    return web.text(sampler.folded(), headers={"Cache-Control": "no-store"})

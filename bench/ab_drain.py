@@ -2,6 +2,7 @@
 payments, pinned to one core, and one JSON line says how fast and at what CPU cost.
 
     python -m bench.ab_drain --label before [--events 20000] [--no-pin] [--offline-writer-process]
+                             [--profile stacks.txt]
 
 On a 2-core machine shared with the broker an unpinned drain of one build varies by about
 20% from run to run; with the worker on core 1 and this process (producer and collector)
@@ -46,7 +47,12 @@ def pinned_start_worker(
 
 
 def drain(
-    events: int, *, pin: bool, model_dir: Path | None, offline_writer_process: bool = False
+    events: int,
+    *,
+    pin: bool,
+    model_dir: Path | None,
+    offline_writer_process: bool = False,
+    profile_path: Path | None = None,
 ) -> dict[str, Any]:
     """The worker's drain figures (``bench.e2e.throughput_phase``), topics deleted after."""
     settings = Settings.from_env()
@@ -60,7 +66,11 @@ def drain(
             if not (model / METADATA_FILE).exists():
                 e2e.train(settings.spec_path, model)
             return e2e.throughput_phase(
-                e2e.E2eConfig(drain_events=events, offline_writer_process=offline_writer_process),
+                e2e.E2eConfig(
+                    drain_events=events,
+                    offline_writer_process=offline_writer_process,
+                    profile_path=profile_path,
+                ),
                 scratch,
                 model,
                 e2e.payments(events, seed=71),
@@ -90,6 +100,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="a model trained once and reused by every run (trained here if missing)",
     )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="write the worker's stacks here, sampled by CPU time for 20 s of the drain, folded",
+    )
     args = parser.parse_args(argv)
     if args.events < 1_000:
         parser.error("--events must be at least 1000")
@@ -100,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         pin=not args.no_pin,
         model_dir=args.model_dir,
         offline_writer_process=args.offline_writer_process,
+        profile_path=args.profile,
     )
     loop = Settings.from_env().event_loop  # the worker's (HEADRACE_EVENT_LOOP)
     print(

@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
@@ -69,6 +70,7 @@ from models.dataset import demo_training_set
 from models.train_model import train_model
 from models.training import TrainingConfig
 from streams.event_loop import loop_factory
+from streams.sampler import self_shares
 from streams.settings import Settings
 from streams.spec import load_spec
 from streams.synthetic import MixSpec, PaymentGenerator
@@ -92,7 +94,7 @@ class E2eConfig:
     warmup_s: float = 3.0
     rates: tuple[int, ...] = (1_000, 5_000)
     with_downstream: bool = False
-    profile_path: Path | None = None  # py-spy of the draining worker: SVG, or .txt folded stacks
+    profile_path: Path | None = None  # the draining worker's stacks, folded (streams.sampler)
     # The offline store written by `headrace offline-writer` beside each worker (the
     # workers with HEADRACE_OFFLINE_IN_WORKER=0), not by the worker's own agent.
     offline_writer_process: bool = False
@@ -146,6 +148,7 @@ def worker_env(
         HEADRACE_SCORE_BUDGET_MS=str(BUDGET_MS),
         HEADRACE_FEEDBACK="1" if downstream else "0",
         HEADRACE_DRIFT="1" if downstream else "0",
+        HEADRACE_DEBUG_PROFILE="1",  # GET /debug/profile, for --profile
     )
     if one_hop is not None:
         env["HEADRACE_SCORE_IN_INGEST"] = "1" if one_hop else "0"
@@ -239,30 +242,24 @@ def process_cpu_s(pid: int) -> float:
     return cpu_seconds(line, os.sysconf("SC_CLK_TCK"))
 
 
-def _start_profile(pid: int, path: Path, seconds: float) -> subprocess.Popen[bytes] | None:
-    spy = Path(sys.executable).with_name("py-spy")
-    if not spy.exists():
-        say("py-spy is not installed; no profile")
-        return None
-    return subprocess.Popen(  # noqa: S603 - the virtualenv's own py-spy
-        [
-            str(spy),
-            "record",
-            "-o",
-            str(path),
-            "--pid",
-            str(pid),
-            "-d",
-            str(int(seconds)),
-            "-r",
-            "100",
-            "--gil",  # the worker is bound by its GIL: a thread waiting for it costs nothing
-            "--format",
-            "raw" if path.suffix == ".txt" else "flamegraph",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+async def _take_profile(port: int, path: Path, seconds: float) -> None:
+    """The worker's stacks sampled by CPU time (``GET /debug/profile``, ``streams.sampler``),
+    folded, written to ``path``."""
+    url = f"http://127.0.0.1:{port}/debug/profile?seconds={seconds:g}"
+    timeout = aiohttp.ClientTimeout(total=seconds + 30)
+    try:
+        async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url) as answer:
+            body = await answer.text()
+    except (aiohttp.ClientError, TimeoutError) as error:
+        say(f"no profile: {error!r}")
+        return
+    if answer.status != 200:
+        say(f"no profile: {answer.status} {body.strip()}")
+        return
+    await asyncio.to_thread(path.write_text, body)
+    say(f"profile written to {path}")
+    for name, share in self_shares(body, top=15):
+        say(f"  {100 * share:5.1f}%  {name}")
 
 
 @dataclass
@@ -321,8 +318,10 @@ def throughput_phase(  # noqa: PLR0913 - the phase's inputs, then three switches
     downstream: bool,
     baseline: bool,
     one_hop: bool | None = None,
+    profiled: bool = True,
 ) -> dict[str, Any]:
-    """Drain ``batch`` with the baseline loop (when asked), then with a worker."""
+    """Drain ``batch`` with the baseline loop (when asked), then with a worker (its stacks
+    sampled when ``profiled`` and the config names a profile)."""
     figures: dict[str, Any] = {}
     if baseline:
         figures.update(_baseline(config, scratch, model_dir, batch))
@@ -332,13 +331,16 @@ def throughput_phase(  # noqa: PLR0913 - the phase's inputs, then three switches
     asyncio.run(scenario.prepare_topics(settings))
     writer = _with_offline_writer(config, env)
     worker = scenario.start_worker(
-        env, scratch, f"throughput-{'downstream' if downstream else 'serving'}"
+        env,
+        scratch,
+        f"throughput-{'downstream' if downstream else 'serving'}",
+        with_web=profiled and config.profile_path is not None,  # the profile is taken over HTTP
     )
     try:
         asyncio.run(scenario.wait_until_serving(settings, worker))
         if writer is not None:
             writer.mark()
-        figures.update(asyncio.run(_drain(config, settings, worker, batch)))
+        figures.update(asyncio.run(_drain(config, settings, worker, batch, profile=profiled)))
     finally:
         worker.stop()
         written = writer.stop() if writer is not None else {}
@@ -461,7 +463,7 @@ async def _drain(
     assert worker.process is not None  # noqa: S101 - started by the caller
     pid = worker.process.pid
     profiler = (
-        _start_profile(pid, config.profile_path, 20)
+        asyncio.create_task(_take_profile(settings.web_port, config.profile_path, 20))
         if profile and config.profile_path is not None
         else None
     )
@@ -487,8 +489,7 @@ async def _drain(
     finally:
         await collector.stop()
         if profiler is not None:
-            profiler.wait(60)
-            say(f"profile written to {config.profile_path}")
+            await profiler
     times = list(collector.created_ms.values())
     rate = round(steady_rate(times))
     cpu_us = round(cpu_s * 1e6 / len(times)) if times else None
@@ -603,6 +604,7 @@ def e2e_figures(spec_path: Path, config: E2eConfig) -> dict[str, Any]:
             downstream=False,
             baseline=False,
             one_hop=not shipped_one_hop,
+            profiled=False,
         )
         shapes = {
             shipped_one_hop: (result["max_events_per_s"], result["worker_cpu_us_per_event"]),
@@ -632,7 +634,7 @@ def e2e_figures(spec_path: Path, config: E2eConfig) -> dict[str, Any]:
         )
         if config.with_downstream:
             downstream = throughput_phase(
-                config, scratch, model_dir, drained, downstream=True, baseline=False
+                config, scratch, model_dir, drained, downstream=True, baseline=False, profiled=False
             )
             result["max_events_per_s_feedback_drift"] = downstream["worker_drain_events_per_s"]
         result.update(latency_phase(config, scratch, model_dir, payments(paced_total, seed=72)))

@@ -247,7 +247,7 @@ def bench_scoring(as_json: bool, events: int, agent: bool) -> None:
 @click.option(
     "--profile",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="write a py-spy flame graph (SVG) of the draining worker here",
+    help="write the draining worker's stacks here, sampled by CPU time for 20 s, folded",
 )
 @click.option(
     "--offline-writer-process",

@@ -98,6 +98,10 @@ class Settings:
     drift_window: int = 5_000  # the latest decisions a drift report covers
     drift_error_min_rise: float = 0.05  # the least rise of the error rate that alerts
     explain_share: float = 0.01  # share of decisions explained (Shapley values); 0: none
+    # Serve GET /debug/profile?seconds=N (``streams.sampler``: the worker's stacks sampled
+    # by CPU time for N seconds, folded). Off unless asked: anyone reaching the web port
+    # could make the worker sample itself.
+    debug_profile: bool = False
     retrain_on_drift: bool = False  # retrain when the champion drifts (registry mode)
     retrain_every_s: int = 0  # retrain on this period too; 0: never
     retrain_cooldown_s: int = 600  # the least time between two retrainings
@@ -185,6 +189,7 @@ class Settings:
                 env, "HEADRACE_DRIFT_ERROR_MIN_RISE", defaults.drift_error_min_rise
             ),
             explain_share=_share(env, "HEADRACE_EXPLAIN_SHARE", defaults.explain_share),
+            debug_profile=_choice(env, "HEADRACE_DEBUG_PROFILE", "0", ("0", "1")) == "1",
             retrain_on_drift=_choice(env, "HEADRACE_RETRAIN_ON_DRIFT", "0", ("0", "1")) == "1",
             retrain_every_s=_int(env, "HEADRACE_RETRAIN_EVERY_S", 0, minimum=0),
             retrain_cooldown_s=_int(

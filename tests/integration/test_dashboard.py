@@ -4,7 +4,8 @@ A worker with its web server scores payments (and joins labels) from the real br
 while the stream runs, headless Chromium loads ``/dashboard/`` and the page must show live
 figures: a non-zero throughput, latency quantiles, the model version. A screenshot of the
 page is kept under ``test-artifacts/``. ``/metrics`` must show the main families with
-non-zero samples.
+non-zero samples. ``/debug/profile`` (on here) answers the worker's stacks, folded, with
+the ingest agent among them.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import shutil
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.request
 from html.parser import HTMLParser
 from pathlib import Path
@@ -32,6 +34,7 @@ from models.scoring import model_version
 from models.train_model import train_model
 from models.training import TrainingConfig
 from streams.dashboard import dashboard_url
+from streams.sampler import self_shares
 from streams.settings import Settings
 from streams.spec import load_spec
 from streams.synthetic import VALID, MixSpec, PaymentGenerator
@@ -40,7 +43,7 @@ from tests.integration.conftest import ARTIFACTS, IsolatedRun
 pytestmark = pytest.mark.integration
 
 EVENTS = 6_000
-RATE = 250  # events/s: the stream lasts about 24 s
+RATE = 200  # events/s: the stream lasts about 30 s
 SCREENSHOT = ARTIFACTS / "dashboard.png"
 
 
@@ -186,6 +189,28 @@ def check_page(url: str, version: str, profile: Path) -> None:
     )
 
 
+def check_profile(web_url: str) -> None:
+    """Two seconds of the worker's stacks while it serves: folded lines, the ingest agent
+    among them; a bad length is refused."""
+    with urllib.request.urlopen(f"{web_url}/debug/profile?seconds=2", timeout=30) as answer:  # noqa: S310
+        folded = answer.read().decode()
+    lines = folded.splitlines()
+    assert lines, "an empty profile"
+    for line in lines:
+        stack, _, count = line.rpartition(" ")
+        assert stack, line
+        assert int(count) > 0, line
+    assert "ingest (agents/ingest.py:" in folded
+    shares = self_shares(folded, top=5)
+    assert shares
+    assert all(0 < share <= 1 for _, share in shares)
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{web_url}/debug/profile?seconds=0", timeout=10)  # noqa: S310
+    refused.value.close()
+    assert refused.value.code == 400
+    print(f"profile: {sum(int(line.rpartition(' ')[2]) for line in lines)} samples")
+
+
 def check_metrics(metrics_url: str, valid: int) -> None:
     """After the stream: every family the worker counts has samples, most non-zero."""
     deadline = time.monotonic() + 180
@@ -230,6 +255,7 @@ def test_dashboard_and_metrics_show_the_live_stream(
     isolated: IsolatedRun, model_dir: Path, tmp_path: Path
 ) -> None:
     isolated.env["HEADRACE_MODEL_DIR"] = str(model_dir)
+    isolated.env["HEADRACE_DEBUG_PROFILE"] = "1"
     settings = Settings.from_env({**os.environ, **isolated.env})
     asyncio.run(scenario.prepare_topics(settings))
     worker = WorkerProcess(
@@ -259,6 +285,7 @@ def test_dashboard_and_metrics_show_the_live_stream(
         url = dashboard_url(settings)
         data = wait_for_live_figures(url + "data.json", worker)
         assert data["model"]["champion"] == model_version(model_dir)
+        check_profile(f"http://127.0.0.1:{settings.web_port}")
         assert producing.is_alive(), "the stream ended before the page was loaded"
         check_page(url, model_version(model_dir), tmp_path / "chromium")
     finally:

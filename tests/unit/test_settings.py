@@ -41,3 +41,11 @@ def test_the_offline_store_is_written_in_the_worker_unless_set_to_0() -> None:
     assert Settings.from_env({"HEADRACE_OFFLINE_IN_WORKER": "0"}).offline_in_worker is False
     with pytest.raises(SettingsError, match="HEADRACE_OFFLINE_IN_WORKER"):
         Settings.from_env({"HEADRACE_OFFLINE_IN_WORKER": "no"})
+
+
+def test_the_profile_endpoint_is_off_unless_set_to_1() -> None:
+    assert Settings.from_env({}).debug_profile is False
+    assert Settings.from_env({"HEADRACE_DEBUG_PROFILE": "1"}).debug_profile is True
+    assert Settings.from_env({"HEADRACE_DEBUG_PROFILE": "0"}).debug_profile is False
+    with pytest.raises(SettingsError, match="HEADRACE_DEBUG_PROFILE"):
+        Settings.from_env({"HEADRACE_DEBUG_PROFILE": "yes"})

@@ -58,13 +58,19 @@ def timed(seconds: float, *calls: tuple[str, object]) -> dict[str, float]:
     return {name: value / whole for name, value in spent.items()}
 
 
-def test_shares_follow_the_cpu_time_each_function_takes() -> None:
+def sampled(seconds: float, *calls: tuple[str, object]) -> tuple[StackSampler, dict[str, float]]:
+    """:func:`timed` under a sampler (every millisecond of CPU time): the sampler, the shares."""
     sampler = StackSampler(interval_s=0.001)
     sampler.start()
     try:
-        measured = timed(2.0, ("heavy", heavy), ("light", light))
+        measured = timed(seconds, *calls)
     finally:
         sampler.stop()
+    return sampler, measured
+
+
+def test_shares_follow_the_cpu_time_each_function_takes() -> None:
+    sampler, measured = sampled(2.0, ("heavy", heavy), ("light", light))
     folded = sampler.folded()
     assert sampler.samples >= 100
     for name in ("heavy", "light"):
@@ -75,23 +81,13 @@ def test_a_cheap_system_call_is_not_where_the_time_is() -> None:
     """Stopping a process to read its stack lands at system calls on some machines; this
     sampler's samples come from the CPU clock, so a call that takes little time gets
     few of them."""
-    sampler = StackSampler(interval_s=0.001)
-    sampler.start()
-    try:
-        measured = timed(2.0, ("light", light), ("system_call", system_call))
-    finally:
-        sampler.stop()
+    sampler, measured = sampled(2.0, ("light", light), ("system_call", system_call))
     assert measured["system_call"] < 0.1
     assert share_of(sampler.folded(), "system_call (") < measured["system_call"] + 0.1
 
 
 def test_folded_lines_name_frames_root_first_with_counts() -> None:
-    sampler = StackSampler(interval_s=0.001)
-    sampler.start()
-    try:
-        timed(0.5, ("heavy", heavy))
-    finally:
-        sampler.stop()
+    sampler, _ = sampled(0.5, ("heavy", heavy))
     lines = sampler.folded().splitlines()
     assert lines
     counts = []

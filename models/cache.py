@@ -26,6 +26,7 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
+import numpy as np
 from redis.asyncio import Redis
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "PredictionCache",
     "RedisPredictionCache",
     "feature_hash",
+    "feature_hashes",
 ]
 
 DEFAULT_KEY_PREFIX = "predictions:"
@@ -96,6 +98,82 @@ def feature_hash(values: Mapping[str, float | None] | Sequence[float | None]) ->
         parts = [_POSITIONAL + struct.pack(">I", len(values))]
         parts.extend(_encode_value(value) for value in values)
     return hashlib.blake2b(b"".join(parts), digest_size=16, person=_HASH_PERSON).hexdigest()
+
+
+def feature_hashes(rows: Sequence[Mapping[str, float | None]]) -> list[str]:
+    """``[feature_hash(row) for row in rows]``, the rows that share the first row's names
+    (in order) encoded together.
+
+    Those rows' encodings differ only in their values: each is a fixed template (the
+    length, then per name its code, a tag and eight bytes) with the values written into
+    it as one array, and a ``None``'s eight bytes left out. About a third of the cost a row
+    at 38 features (``python -m bench.feature_hash``); any other row takes
+    ``feature_hash``, and the digests are the same either way (``tests/unit/test_cache.py``).
+    """
+    if len(rows) < _BATCH_AT_LEAST:
+        return [feature_hash(row) for row in rows]
+    names = tuple(rows[0])
+    same = [i for i, row in enumerate(rows) if len(row) == len(names) and tuple(row) == names]
+    try:
+        values = np.array([list(rows[i].values()) for i in same], dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):  # a value that is no number: one at a time
+        return [feature_hash(row) for row in rows]
+    layout = _layout_of(names)
+    values += 0.0  # -0.0 as 0.0
+    missing = np.isnan(values)  # None (NaN here) or NaN
+    nones: dict[int, list[int]] = {}  # row -> its None columns
+    for row, column in zip(*(axis.tolist() for axis in np.nonzero(missing)), strict=True):
+        if rows[same[row]][names[column]] is None:
+            nones.setdefault(row, []).append(column)
+    values[missing] = math.nan  # every NaN as one NaN
+    encoded = np.tile(layout.template, (len(same), 1))
+    encoded[:, layout.value_bytes] = values.astype(">f8").view(np.uint8)
+    joined, size = encoded.tobytes(), len(layout.template)
+    hashes: list[str] = [""] * len(rows)
+    for row, i in enumerate(same):
+        data = joined[row * size : (row + 1) * size]
+        for column in reversed(nones.get(row, ())):  # the tag, and no eight bytes
+            tag = layout.tags[column]
+            data = data[:tag] + _NONE + data[tag + 9 :]
+        hashes[i] = hashlib.blake2b(data, digest_size=16, person=_HASH_PERSON).hexdigest()
+    for i, row in enumerate(rows):
+        if not hashes[i]:
+            hashes[i] = feature_hash(row)
+    return hashes
+
+
+_BATCH_AT_LEAST = 8  # fewer rows: the arrays cost more than they save
+
+
+class _Layout:
+    """A named row's encoding with every value a float: the bytes, and where each value's
+    tag and eight bytes sit in it."""
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        template = bytearray(_NAMED + struct.pack(">I", len(names)))
+        tags: list[int] = []
+        value_bytes: list[int] = []
+        for name in names:
+            template += _encode_name(name)
+            tags.append(len(template))
+            template += _FLOAT
+            value_bytes.extend(range(len(template), len(template) + 8))
+            template += bytes(8)
+        self.template = np.frombuffer(bytes(template), dtype=np.uint8)
+        self.tags = tags
+        self.value_bytes = np.array(value_bytes)
+
+
+_layouts: dict[tuple[str, ...], _Layout] = {}
+
+
+def _layout_of(names: tuple[str, ...]) -> _Layout:
+    layout = _layouts.get(names)
+    if layout is None:
+        layout = _Layout(names)
+        if len(_layouts) < _NAME_CODES_MAX:
+            _layouts[names] = layout
+    return layout
 
 
 class PredictionCache(Protocol):

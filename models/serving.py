@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 
 from models.batcher import MicroBatcher
-from models.cache import PredictionCache, feature_hash
+from models.cache import PredictionCache, feature_hashes
 from models.scoring import LoadedModel, conformal_for, model_outputs, prediction_record
 
 CHUNK_WAIT_MS = 1 << 40
@@ -89,7 +89,7 @@ class ChunkScorer:
     ) -> list[dict[str, Any]]:
         """One prediction per record, in order; see the module doc."""
         version = self._cache_key
-        hashes = [feature_hash(r["features"]) for r in records]
+        hashes = feature_hashes([r["features"] for r in records])
         predictions: list[dict[str, Any] | None] = [None] * len(records)
         released = []
         for i, record in enumerate(records):

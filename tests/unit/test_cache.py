@@ -27,6 +27,7 @@ from models.cache import (
     PredictionCache,
     RedisPredictionCache,
     feature_hash,
+    feature_hashes,
 )
 
 if TYPE_CHECKING:
@@ -288,3 +289,66 @@ class TestFeatureHash:
             nudged = [math.nextafter(values[0], math.inf), *values[1:]]
             if nudged[0] != values[0]:
                 assert feature_hash(nudged) != feature_hash(values)
+
+
+NAMES = ("amount", "count_1h", "ünï", "std_24h")
+SPECIAL = (None, math.nan, -math.nan, -0.0, 0.0, math.inf, -math.inf, 3, True)
+
+
+class TestFeatureHashes:
+    """``feature_hashes`` is ``feature_hash`` over a batch: the same digest for every row."""
+
+    @given(
+        st.lists(
+            st.lists(
+                st.one_of(st.none(), st.floats(), st.integers(-(2**53), 2**53)),
+                min_size=len(NAMES),
+                max_size=len(NAMES),
+            ),
+            max_size=40,
+        )
+    )
+    def test_every_row_hashes_as_it_does_alone(self, rows: list[list[float | None]]) -> None:
+        named = [dict(zip(NAMES, row, strict=True)) for row in rows]
+        assert feature_hashes(named) == [feature_hash(row) for row in named]
+
+    def test_none_nan_signed_zero_and_ints_in_a_batch(self) -> None:
+        rows = [
+            dict(zip(NAMES, (value, other, value, 1.5), strict=True))
+            for value in SPECIAL
+            for other in SPECIAL
+        ]
+        hashes = feature_hashes(rows)
+        assert hashes == [feature_hash(row) for row in rows]
+        assert hashes[0] != hashes[SPECIAL.index(math.nan)]  # None is not NaN
+        zero, negative_zero = SPECIAL.index(0.0), SPECIAL.index(-0.0)
+        assert hashes[zero * len(SPECIAL)] == hashes[negative_zero * len(SPECIAL)]
+
+    def test_rows_of_other_names_or_order_take_the_row_path(self) -> None:
+        base: list[dict[str, float | None]] = [
+            dict(zip(NAMES, (float(i), 2.0, None, 4.0), strict=True)) for i in range(12)
+        ]
+        odd: list[dict[str, float | None]] = [
+            {"count_1h": 2.0, "amount": 1.0, "ünï": None, "std_24h": 4.0},  # reordered
+            {"amount": 1.0, "count_1h": 2.0},  # fewer names
+            {**base[0], "extra": 1.0},  # more names
+            {"amount": 1.0, "count_1h": 2.0, "other": None, "std_24h": 4.0},  # another name
+        ]
+        rows = [*base[:5], *odd, *base[5:]]
+        assert feature_hashes(rows) == [feature_hash(row) for row in rows]
+        assert len(set(feature_hashes(rows))) == len(rows)
+
+    def test_a_value_that_is_no_number_fails_as_alone(self) -> None:
+        rows: list[dict[str, Any]] = [
+            dict(zip(NAMES, (1.0, 2.0, 3.0, 4.0), strict=True)) for _ in range(10)
+        ]
+        rows[4]["std_24h"] = "high"
+        with pytest.raises(ValueError, match="could not convert"):
+            feature_hash(rows[4])
+        with pytest.raises(ValueError, match="could not convert"):
+            feature_hashes(rows)
+
+    def test_small_and_empty_batches(self) -> None:
+        assert feature_hashes([]) == []
+        rows: list[dict[str, float | None]] = [{"a": 1.0}, {"a": None}]
+        assert feature_hashes(rows) == [feature_hash(row) for row in rows]

@@ -1,0 +1,84 @@
+"""LeanMonitor keeps what faust reads while it runs and counts nothing per message."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+from faust.sensors.monitor import Monitor
+from faust.types import TP
+
+from streams.lean_monitor import LeanMonitor
+
+TP0 = TP("events.raw", 0)
+
+
+class Task:
+    """A stream's owner: faust's monitor keys its counts by it (weakly)."""
+
+
+class Stream:
+    """A stream, keyed weakly by faust's monitor too."""
+
+    def __init__(self) -> None:
+        self.task_owner = Task()
+
+
+def every_per_message_call(monitor: Monitor) -> None:
+    """What faust calls for one message, its event, three sends and a table read."""
+    message = SimpleNamespace(time_in=None, time_out=None, time_total=None)
+    stream = Stream()
+    monitor.on_message_in(TP0, 7, message)  # type: ignore[arg-type]
+    state = monitor.on_stream_event_in(TP0, 7, stream, None)  # type: ignore[arg-type]
+    monitor.on_stream_event_out(TP0, 7, stream, None, state)  # type: ignore[arg-type]
+    monitor.on_message_out(TP0, 7, message)  # type: ignore[arg-type]
+    for _ in range(3):
+        sent = monitor.on_send_initiated(None, "predictions", None, 3, 9)  # type: ignore[arg-type]
+        monitor.on_send_completed(None, sent, None)  # type: ignore[arg-type]
+    monitor.on_table_get(SimpleNamespace(name="entity_state"), "card-1")  # type: ignore[arg-type]
+
+
+def test_the_stall_check_still_sees_when_a_stream_took_an_event() -> None:
+    monitor = LeanMonitor()
+    before = time.monotonic()
+    every_per_message_call(monitor)
+    assert before <= monitor.stream_inbound_time[TP0] <= time.monotonic()
+
+
+def test_nothing_is_counted_per_message_event_send_or_read() -> None:
+    lean, full = LeanMonitor(), Monitor()
+    every_per_message_call(lean)
+    every_per_message_call(full)
+    assert full.messages_received_total == 1  # what the full monitor pays for
+    assert full.messages_sent == 3
+    assert full.tables["entity_state"].keys_retrieved == 1
+    assert lean.messages_received_total == 0
+    assert lean.events_total == 0
+    assert lean.messages_sent == 0
+    assert not lean.tables
+    assert not lean.send_latency
+    assert not lean.events_runtime
+
+
+def test_offsets_per_fetch_and_commit_are_still_kept() -> None:
+    monitor = LeanMonitor()
+    monitor.track_tp_end_offset(TP0, 120)
+    monitor.on_tp_commit({TP0: 100})
+    assert monitor.tp_end_offsets[TP0] == 120
+    assert monitor.tp_committed_offsets[TP0] == 100
+
+
+def test_the_worker_app_uses_it_and_the_cached_partitioner(tmp_path: Path) -> None:
+    probe = (
+        "from streams.app import app;"
+        "print(type(app.monitor).__name__, type(app.conf.producer_partitioner).__name__)"
+    )
+    env = {**os.environ, "HEADRACE_DATA_DIR": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.split() == ["LeanMonitor", "CachedPartitioner"]

@@ -106,8 +106,8 @@ def feature_hashes(rows: Sequence[Mapping[str, float | None]]) -> list[str]:
 
     Those rows' encodings differ only in their values: each is a fixed template (the
     length, then per name its code, a tag and eight bytes) with the values written into
-    it as one array, and a ``None``'s eight bytes left out. About a third of the cost a row
-    at 38 features (``python -m bench.feature_hash``); any other row takes
+    it as one array, and a ``None``'s eight bytes left out. About half the cost a row
+    at 38 features (``python -m bench.per_event_costs``); any other row takes
     ``feature_hash``, and the digests are the same either way (``tests/unit/test_cache.py``).
     """
     if len(rows) < _BATCH_AT_LEAST:

@@ -1,4 +1,6 @@
-"""LeanMonitor keeps what faust reads while it runs and counts nothing per message."""
+"""What the worker's app spares faust's per-message path: LeanMonitor keeps what faust reads
+while it runs and counts nothing per message; the app uses it, the cached partitioner,
+a buffer size and an event factory that read no settings a message."""
 
 from __future__ import annotations
 
@@ -72,13 +74,34 @@ def test_offsets_per_fetch_and_commit_are_still_kept() -> None:
     assert monitor.tp_committed_offsets[TP0] == 100
 
 
-def test_the_worker_app_uses_it_and_the_cached_partitioner(tmp_path: Path) -> None:
-    probe = (
-        "from streams.app import app;"
-        "print(type(app.monitor).__name__, type(app.conf.producer_partitioner).__name__)"
-    )
+PROBE = """
+from faust.transport.producer import ProducerBuffer
+from streams.app import app
+print(type(app.monitor).__name__, type(app.conf.producer_partitioner).__name__)
+print(app.conf.producer_threaded)
+buffer = ProducerBuffer()
+buffer.app = app
+sizes = [buffer.size]
+buffer.pending.put_nowait(object())
+buffer.pending.put_nowait(object())
+sizes.append(buffer.size)
+print(*sizes)
+message = type("Message", (), {"headers": ()})()
+event = app.create_event(b"k", b"v", (), message)
+print(type(event) is app.conf.Event, event.key, event.value, event.app is app)
+"""
+
+
+def test_the_worker_app_and_its_two_settings_reads(tmp_path: Path) -> None:
+    """The app uses LeanMonitor and CachedPartitioner; the buffer's size and the event
+    factory read no settings a message, and answer as faust's would."""
     env = {**os.environ, "HEADRACE_DATA_DIR": str(tmp_path)}
     done = subprocess.run(
-        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
+        [sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, check=True
     )
-    assert done.stdout.split() == ["LeanMonitor", "CachedPartitioner"]
+    assert done.stdout.splitlines() == [
+        "LeanMonitor CachedPartitioner",
+        "False",  # the buffer is the producer's own queue
+        "0 2",
+        "True b'k' b'v' True",
+    ]

@@ -1,9 +1,9 @@
 """Kafka's default partitioner with each key's murmur2 hash remembered.
 
 aiokafka computes the murmur2 hash of a record's key in pure Python at every keyed send
-(about 2 µs for a 10-byte key here), and a worker sends three to four keyed records an
-event (its features record, its prediction, its tables' changelog records), under a
-bounded set of keys: the entities'. ``CachedPartitioner`` picks the same partition as
+(about 2 µs for a 10-byte key here), and a worker sends two keyed records an event (its
+features record and its prediction; its tables' changelog records name their partition),
+under a bounded set of keys: the entities'. ``CachedPartitioner`` picks the same partition as
 aiokafka's ``DefaultPartitioner`` (``tests/unit/test_partitioner.py``) and hashes each key
 once while it is among the last ``capacity`` distinct keys.
 """

@@ -1,11 +1,11 @@
 """``headrace bench e2e --json`` as a user runs it, cut short: the figures the issue asks for
 come out as the last line, every payment is drained by both the worker and the baseline,
-and ``--profile`` writes the draining worker's stacks."""
+and ``--profile`` writes the draining worker's stacks. A bad argument is checked with the
+others in ``tests/unit/test_cli.py``."""
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +26,6 @@ def headrace(*args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=900,
         check=False,
-        env=dict(os.environ),
     )
 
 
@@ -65,10 +64,3 @@ def test_the_figures_come_out_as_one_json_line(
         f"bench e2e: {figures['max_events_per_s']}/s against "
         f"{figures['baseline_events_per_s']}/s, ratio {figures['ratio_to_baseline']}"
     )
-
-
-def test_a_bad_argument_is_one_line_and_status_2() -> None:
-    done = headrace("bench", "e2e", "--drain-events", "10")
-    assert done.returncode == 2  # click's usage error
-    assert "--drain-events" in done.stderr
-    assert "Traceback" not in done.stderr

@@ -78,7 +78,10 @@ class Cascade:
 
     def escalate(self, x: np.ndarray) -> np.ndarray:
         """Boolean mask of the rows the ensemble must score."""
-        positive = self.triage.positive_probability(x)
+        return self.escalating(self.triage.positive_probability(x))
+
+    def escalating(self, positive: np.ndarray) -> np.ndarray:
+        """:meth:`escalate` from the triage's positive probabilities, already computed."""
         mask: np.ndarray = np.maximum(positive, 1.0 - positive) < self.threshold
         return mask
 

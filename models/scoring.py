@@ -118,8 +118,17 @@ def class_probabilities(
     """The calibrated mean probabilities (rows, classes) of a float32 feature matrix (NaN:
     missing), as ``model_outputs`` serves them: the cascade's triage answers its confident
     rows, the ensemble the others; ``fast``: the triage alone."""
-    summary, _ = _probabilities(model, matrix, fast=fast)
-    return summary.mean
+    if model.cascade is None:
+        return summarise(model.backend.member_probs(matrix)).mean
+    # The means alone, without the members' copies of the triage answers and the
+    # uncertainty ``_probabilities`` builds: an explanation asks for thousands of rows.
+    positive = model.cascade.triage.positive_probability(matrix.astype(np.float64))
+    means = np.stack([1.0 - positive, positive], axis=1)
+    if not fast:
+        escalate = model.cascade.escalating(positive)
+        if escalate.any():
+            means[escalate] = summarise(model.backend.member_probs(matrix[escalate])).mean
+    return means
 
 
 def prediction_record(  # noqa: PLR0913 - the record and its output, then keyword-only context
@@ -165,8 +174,8 @@ def _probabilities(
     none at all on the fast path."""
     if model.cascade is None:
         return summarise(model.backend.member_probs(matrix)), ["ensemble"] * len(matrix)
-    escalate = model.cascade.escalate(matrix.astype(np.float64))
     positive = model.cascade.triage.positive_probability(matrix.astype(np.float64))
+    escalate = model.cascade.escalating(positive)
     ensemble = None if fast or not escalate.any() else model.backend.member_probs(matrix[escalate])
     # Triage answers repeat one model's output once per member: zero disagreement.
     members = np.stack([1.0 - positive, positive], axis=1)[np.newaxis].repeat(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,13 @@ from models.backends import OnnxRuntimeBackend
 from models.cascade import Cascade, choose_threshold, fit_triage
 from models.dataset import demo_training_set
 from models.export import ONNX_FILE_NAME
-from models.scoring import LoadedModel, conformal_for, score_batch
+from models.scoring import (
+    LoadedModel,
+    class_probabilities,
+    conformal_for,
+    model_outputs,
+    score_batch,
+)
 from models.train_model import train_model
 from models.training import TrainingConfig
 from streams.spec import DomainSpec
@@ -54,9 +61,8 @@ def loaded(
     return model, data
 
 
-def test_escalated_rows_score_as_without_the_cascade(loaded: tuple[LoadedModel, object]) -> None:
-    model, data = loaded
-    records = [
+def records_of(data: object, count: int) -> list[dict[str, object]]:
+    return [
         {
             "event_id": f"e{i}",
             "entity_id": "c",
@@ -67,8 +73,13 @@ def test_escalated_rows_score_as_without_the_cascade(loaded: tuple[LoadedModel, 
                 for n, v in zip(data.names, data.features[i], strict=True)  # type: ignore[attr-defined]
             },
         }
-        for i in range(300)
+        for i in range(count)
     ]
+
+
+def test_escalated_rows_score_as_without_the_cascade(loaded: tuple[LoadedModel, object]) -> None:
+    model, data = loaded
+    records = records_of(data, 300)
     with_cascade = score_batch(model, records, now_ms=0, batch_ms=0.0)
     plain = score_batch(
         LoadedModel(model.name, model.version, model.metadata, model.backend, model.conformal),
@@ -84,6 +95,33 @@ def test_escalated_rows_score_as_without_the_cascade(loaded: tuple[LoadedModel, 
             assert cascaded["probabilities"] == pytest.approx(reference["probabilities"], abs=1e-9)
         else:
             assert cascaded["uncertainty"]["mutual_information"] == 0.0
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_class_probabilities_are_the_served_ones(
+    loaded: tuple[LoadedModel, object], *, fast: bool
+) -> None:
+    """The means an explanation asks for, without the uncertainty, are those served: with
+    the cascade (triage and ensemble rows both), on its fast path, and without it."""
+    model, data = loaded
+    assert model.cascade is not None
+    matrix = data.features[:500].astype(np.float32)  # type: ignore[attr-defined]
+    records = records_of(data, 500)
+    # A threshold at the median confidence: half the rows go to the ensemble.
+    positive = model.cascade.triage.positive_probability(matrix.astype(np.float64))
+    median = float(np.median(np.maximum(positive, 1.0 - positive)))
+    halved = dataclasses.replace(model, cascade=Cascade(model.cascade.triage, median))
+    plain = dataclasses.replace(model, cascade=None)
+    for served_by in (halved, plain):
+        outputs = model_outputs(served_by, records, fast=fast)
+        served = np.array([output["probabilities"] for output in outputs if output is not None])
+        answered = {output["answered_by"] for output in outputs if output is not None}
+        assert len(served) == len(matrix)
+        if served_by is halved and not fast:
+            assert answered == {"triage", "ensemble"}  # both kinds of rows are compared
+        means = class_probabilities(served_by, matrix, fast=fast)
+        assert means.shape == served.shape
+        np.testing.assert_allclose(means, served, rtol=0.0, atol=1e-12)
 
 
 def test_a_record_of_another_feature_version_is_not_scored(

@@ -1,0 +1,45 @@
+"""python -m bench.explain_cost: its figures, and bad arguments."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench import explain_cost
+
+
+def test_both_ways_explain_alike_and_their_costs_are_reported(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert explain_cost.main(["--requests", "4", "--rounds", "1"]) == 0
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert 0 < figures["requests"] <= 4  # payments the pipeline rejects are not explained
+    assert figures["features"] > 0
+    assert figures["reference_rows"] > 0
+    assert figures["evaluations_median"] > figures["reference_rows"]
+    assert figures["max_attribution_difference"] < 1e-12
+    for way in ("served_path", "lean"):
+        assert figures[f"{way}_ms"] > 0
+        per_event = figures[f"{way}_ms"] * 1000 * figures["explain_share"]
+        assert figures[f"{way}_us_per_event"] == pytest.approx(per_event, abs=0.01)
+    assert figures["speedup"] == pytest.approx(
+        figures["served_path_ms"] / figures["lean_ms"], abs=0.01
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--requests", "0"], "--requests must be at least 1"),
+        (["--rounds", "0"], "--rounds must be at least 1"),
+        (["--model-dir", "/nonexistent/model"], "is not a directory"),
+    ],
+)
+def test_a_bad_argument_is_refused(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        explain_cost.main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err

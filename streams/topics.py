@@ -9,15 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 from streams.app import app, settings
+from streams.bytes_schema import BytesSchema
 
 
 def _bytes_topic(name: str, **options: Any) -> Any:
     return app.topic(
         name,
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
+        schema=BytesSchema(),
         partitions=settings.partitions,
         internal=True,  # the worker creates its topics when they are missing
         **options,
@@ -41,10 +39,7 @@ explanations = _bytes_topic(names.explanations)  # keyed by request id, a sample
 feedback = app.topic(
     names.predictions,
     names.labels,
-    key_type=bytes,
-    value_type=bytes,
-    key_serializer="raw",
-    value_serializer="raw",
+    schema=BytesSchema(),
     partitions=settings.partitions,
     internal=True,  # the worker creates labels (and predictions) when they are missing
 )

@@ -14,7 +14,7 @@ One JSON line: CPU milliseconds per explanation each way (the median over the re
 the fastest of ``--rounds``), the rows the model evaluated per explanation, the largest
 difference between the two ways' attributions, and what each costs the worker per event
 at the default share of explained decisions (``HEADRACE_EXPLAIN_SHARE``, 1%). Without
-``--model-dir`` it trains the model ``headrace bench e2e`` serves (about ten seconds). No
+``--model-dir`` it trains the model ``headrace bench e2e`` serves (a few seconds). No
 broker is needed.
 """
 
@@ -36,6 +36,7 @@ import numpy as np
 from bench.e2e import BACKEND, train
 from bench.e2e_baseline import scorer_for
 from bench.per_event_costs import feature_rows
+from models.artifact import METADATA_FILE
 from models.explain import (
     PERMUTATIONS,
     background_of,
@@ -131,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--requests must be at least 1")
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
-    if args.model_dir is not None and not args.model_dir.is_dir():
-        parser.error(f"--model-dir {args.model_dir} is not a directory")
+    if args.model_dir is not None and not (args.model_dir / METADATA_FILE).is_file():
+        parser.error(f"--model-dir {args.model_dir} holds no trained model (no {METADATA_FILE})")
     if args.model_dir is not None:
         print(json.dumps(measure(args.model_dir, args.requests, args.rounds)))
         return 0

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import faust
 
 if TYPE_CHECKING:
-    from faust.types import AppT, CodecArg, Message
+    from faust.types import AppT, Message
 
 
 class BytesSchema(faust.Schema[bytes | None, bytes | None]):
@@ -26,24 +25,11 @@ class BytesSchema(faust.Schema[bytes | None, bytes | None]):
             key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
         )
 
-    def loads_key(
-        self,
-        app: AppT,  # noqa: ARG002 - faust's signature
-        message: Message,
-        *,
-        loads: Callable[..., Any] | None = None,  # noqa: ARG002
-        serializer: CodecArg | None = None,  # noqa: ARG002
-    ) -> bytes | None:
+    # faust passes the app, and by keyword its registry's function and the serializer.
+    def loads_key(self, app: AppT, message: Message, **_options: Any) -> bytes | None:  # noqa: ARG002
         key: bytes | None = message.key
         return key
 
-    def loads_value(
-        self,
-        app: AppT,  # noqa: ARG002 - faust's signature
-        message: Message,
-        *,
-        loads: Callable[..., Any] | None = None,  # noqa: ARG002
-        serializer: CodecArg | None = None,  # noqa: ARG002
-    ) -> bytes | None:
+    def loads_value(self, app: AppT, message: Message, **_options: Any) -> bytes | None:  # noqa: ARG002
         value: bytes | None = message.value
         return value

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -33,13 +34,16 @@ def test_both_ways_explain_alike_and_their_costs_are_reported(
     [
         (["--requests", "0"], "--requests must be at least 1"),
         (["--rounds", "0"], "--rounds must be at least 1"),
-        (["--model-dir", "/nonexistent/model"], "is not a directory"),
+        (["--model-dir", "/nonexistent/model"], "holds no trained model (no metadata.json)"),
+        (["--model-dir", "{empty}"], "holds no trained model (no metadata.json)"),
     ],
 )
 def test_a_bad_argument_is_refused(
-    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        explain_cost.main(argv)
+        explain_cost.main([arg.format(empty=tmp_path) for arg in argv])
     assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err

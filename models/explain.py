@@ -136,16 +136,11 @@ def permutation_shapley(
     # to_come[c, k]: a step after step k still changes something; where none does, the
     # row at step k is x itself.
     to_come = np.logical_or.accumulate(changed[:, ::-1], axis=1)[:, ::-1]
-    # is_x[c, k] and evaluate[c, k] are about step k + 1: the rows strictly between z
-    # (step 0) and x (step width).
+    steps = np.arange(1, width)  # the rows strictly between z (step 0) and x (step width)
     is_x = ~to_come[:, 1:]
     evaluate = changed[:, : width - 1] & ~is_x
-    # The evaluated rows alone, in chain then step order: the row at step k + 1 of chain c
-    # holds x's values for the k + 1 features the chain sets first (rank 0 to k), z's for
-    # the others.
-    chain_of, step_of = np.nonzero(evaluate)
-    from_x = rank[chain_of] <= step_of[:, np.newaxis]
-    middle = np.where(from_x, x, background[start[chain_of]])
+    from_x = rank[:, np.newaxis, :] < steps[np.newaxis, :, np.newaxis]
+    middle = np.where(from_x, x, background[start][:, np.newaxis, :])[evaluate]
     values = np.asarray(f(np.vstack([background, x[np.newaxis], middle])), dtype=np.float64)
     at_background, at_x = values[:rows], float(values[rows])
     path = np.empty((chains, width + 1))

@@ -122,12 +122,9 @@ def class_probabilities(
         return summarise(model.backend.member_probs(matrix)).mean
     # The means alone, without the members' copies of the triage answers and the
     # uncertainty ``_probabilities`` builds: an explanation asks for thousands of rows.
-    positive = model.cascade.triage.positive_probability(matrix.astype(np.float64))
-    means = np.stack([1.0 - positive, positive], axis=1)
-    if not fast:
-        escalate = model.cascade.escalating(positive)
-        if escalate.any():
-            means[escalate] = summarise(model.backend.member_probs(matrix[escalate])).mean
+    means, escalate = _triage(model.cascade, matrix)
+    if not fast and escalate.any():
+        means[escalate] = summarise(model.backend.member_probs(matrix[escalate])).mean
     return means
 
 
@@ -174,11 +171,10 @@ def _probabilities(
     none at all on the fast path."""
     if model.cascade is None:
         return summarise(model.backend.member_probs(matrix)), ["ensemble"] * len(matrix)
-    positive = model.cascade.triage.positive_probability(matrix.astype(np.float64))
-    escalate = model.cascade.escalating(positive)
+    answers, escalate = _triage(model.cascade, matrix)
     ensemble = None if fast or not escalate.any() else model.backend.member_probs(matrix[escalate])
     # Triage answers repeat one model's output once per member: zero disagreement.
-    members = np.stack([1.0 - positive, positive], axis=1)[np.newaxis].repeat(
+    members = answers[np.newaxis].repeat(
         model.metadata.members if ensemble is None else len(ensemble),
         axis=0,
     )
@@ -187,6 +183,12 @@ def _probabilities(
     if ensemble is not None:
         members[:, escalate] = ensemble
     return summarise(members), ["ensemble" if e else "triage" for e in escalate]
+
+
+def _triage(cascade: Cascade, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The triage model's class probabilities (rows, 2) and the rows it escalates."""
+    positive = cascade.triage.positive_probability(matrix.astype(np.float64))
+    return np.stack([1.0 - positive, positive], axis=1), cascade.escalating(positive)
 
 
 def _value(value: float | None) -> float:

@@ -62,6 +62,7 @@ def scorer_for(directory: Path, version: str) -> ChunkScorer:
         backend=choose_backend(model, directory / ONNX_FILE_NAME, settings.backend or None),
         conformal=conformal_for(metadata),
         cascade=Cascade.from_state(metadata.cascade) if metadata.cascade else None,
+        directory=directory,
     )
     log.info("score.model_loaded", model=loaded.name, version=version, backend=loaded.backend.name)
     return ChunkScorer(loaded, max_batch=settings.score_max_batch, cache=prediction_cache())

@@ -25,8 +25,9 @@ class LogisticTriage:
     scale: np.ndarray
 
     def positive_probability(self, x: np.ndarray) -> np.ndarray:
-        z = (x - self.mean) / self.scale
-        z = np.where(np.isnan(z), 0.0, z)
+        z = x - self.mean
+        z /= self.scale
+        z[np.isnan(z)] = 0.0  # a missing feature sits at its training mean
         logits = z @ self.weights + self.bias
         out: np.ndarray = 1.0 / (1.0 + np.exp(-np.clip(logits, -30.0, 30.0)))
         return out

@@ -22,7 +22,11 @@ A step that sets a feature to the value it already had (the explained row and th
 reference row agree on it, both missing included) changes nothing: its row repeats the
 one before it and its contribution is exactly 0, so it is not evaluated; nor is a row
 that already equals the explained row. For payments a third of the steps are such
-repeats. The other rows of all chains form one matrix and the model is called once.
+repeats. The other rows are given to the model a block of whole chains at a time, about
+a thousand rows a call (``ROWS_PER_CALL``), built in the type the model reads: a call on
+all of them at once made a few megabytes of temporaries an explanation, which the
+allocator handed back to the system and faulted in again the next time, and which pushed
+the worker's own data out of the cache.
 The orderings come from a generator seeded by the request id and the model version: an
 explanation is reproduced exactly by whoever computes it again (``headrace replay
 --request-id``).
@@ -41,7 +45,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +58,7 @@ from models.scoring import LoadedModel, class_probabilities
 METHOD = "permutation_shapley"
 BACKGROUND_ROWS = 64  # reference rows an artifact keeps: 128 chains, about 5k rows
 PERMUTATIONS = 2  # orderings per reference row: one antithetic pair
+ROWS_PER_CALL = 1024  # rows the model is given at a time (``_chain_rows``)
 _SAMPLE_SALT = b"headrace.explain"  # blake2b's person: independent of canary and shadow
 _SEED_SALT = b"headrace.shapley"
 
@@ -102,20 +107,28 @@ class ShapleyValues:
     base_value: float  # mean f over the reference rows
     value: float  # f(x)
     chains: int  # reference rows x orderings
-    evaluations: int  # rows the model was asked for, in one call (repeats skipped)
+    evaluations: int  # rows the model was asked for (repeats skipped)
 
 
-def permutation_shapley(
+def permutation_shapley(  # noqa: PLR0913 - the function, the point, the reference, then knobs
     f: Probability,
     x: np.ndarray,
     background: np.ndarray,
     *,
     seed: int,
     permutations: int = PERMUTATIONS,
+    dtype: type[np.floating[Any]] = np.float64,
+    rows_per_call: int = ROWS_PER_CALL,
 ) -> ShapleyValues:
-    """Shapley values of ``f`` at ``x`` against the rows of ``background`` (module doc)."""
+    """Shapley values of ``f`` at ``x`` against the rows of ``background`` (module doc).
+
+    ``f`` is given the rows in ``dtype`` (the model's own input type, so it need not copy
+    them), whole chains at a time, about ``rows_per_call`` rows a call (at least one
+    chain's); its answers are read as float64."""
     if permutations < 1:
         raise ValueError(f"permutations must be >= 1, got {permutations}")
+    if rows_per_call < 1:
+        raise ValueError(f"rows_per_call must be >= 1, got {rows_per_call}")
     x = np.asarray(x, dtype=np.float64)
     background = np.atleast_2d(np.asarray(background, dtype=np.float64))
     rows, width = background.shape
@@ -136,12 +149,14 @@ def permutation_shapley(
     # to_come[c, k]: a step after step k still changes something; where none does, the
     # row at step k is x itself.
     to_come = np.logical_or.accumulate(changed[:, ::-1], axis=1)[:, ::-1]
-    steps = np.arange(1, width)  # the rows strictly between z (step 0) and x (step width)
     is_x = ~to_come[:, 1:]
     evaluate = changed[:, : width - 1] & ~is_x
-    from_x = rank[:, np.newaxis, :] < steps[np.newaxis, :, np.newaxis]
-    middle = np.where(from_x, x, background[start][:, np.newaxis, :])[evaluate]
-    values = np.asarray(f(np.vstack([background, x[np.newaxis], middle])), dtype=np.float64)
+    values = np.concatenate(
+        [
+            np.asarray(f(matrix), dtype=np.float64)
+            for matrix in _chain_rows(x, background, (start, rank, evaluate), dtype, rows_per_call)
+        ]
+    )
     at_background, at_x = values[:rows], float(values[rows])
     path = np.empty((chains, width + 1))
     known = np.ones((chains, width + 1), dtype=bool)
@@ -166,11 +181,44 @@ def permutation_shapley(
     )
 
 
+def _chain_rows(
+    x: np.ndarray,
+    background: np.ndarray,
+    chains: tuple[np.ndarray, np.ndarray, np.ndarray],
+    dtype: type[np.floating[Any]],
+    rows_per_call: int,
+) -> Iterator[np.ndarray]:
+    """The rows to evaluate, in blocks of whole chains: first the reference rows and ``x``,
+    then, chain by chain, the rows strictly between each chain's start and ``x`` that
+    ``evaluate`` marks. Row k of chain c takes from ``x`` the features it sets before step
+    k (``rank[c, j] < k``). A block holds about ``rows_per_call`` rows, so its temporaries
+    stay in the cache and in the allocator's free lists (module doc)."""
+    start, rank, evaluate = chains
+    count, width = rank.shape
+    x_row = x.astype(dtype)
+    reference = background.astype(dtype)
+    steps = np.arange(1, width)[np.newaxis, :, np.newaxis]
+    per_block = max(1, rows_per_call // max(1, width - 1))
+    head: np.ndarray | None = np.vstack([reference, x_row[np.newaxis]])
+    for first in range(0, count, per_block):
+        block = slice(first, first + per_block)
+        from_x = rank[block, np.newaxis, :] < steps
+        middle = np.where(from_x, x_row, reference[start[block]][:, np.newaxis, :])
+        rows = middle[evaluate[block]]
+        if head is not None:
+            rows = np.vstack([head, rows])
+            head = None
+        if len(rows):
+            yield rows
+    if head is not None:  # no chains at all
+        yield head
+
+
 def served_probability(model: LoadedModel, target: int, *, fast: bool) -> Probability:
     """The model's calibrated probability of class ``target``, as it is served."""
 
     def probability(matrix: np.ndarray) -> np.ndarray:
-        served = class_probabilities(model, matrix.astype(np.float32), fast=fast)
+        served = class_probabilities(model, matrix.astype(np.float32, copy=False), fast=fast)
         return np.asarray(served[:, target], dtype=np.float64)
 
     return probability
@@ -201,6 +249,7 @@ def explain_prediction(
         background,
         seed=seed,
         permutations=permutations,
+        dtype=np.float32,  # what the model reads
     )
     served = prediction.get("probabilities") or []
     return {

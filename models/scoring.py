@@ -23,7 +23,7 @@ from models.cache import feature_hash
 from models.cascade import Cascade
 from models.conformal import CalibrationScores, ConformalPredictor
 from models.export import ONNX_FILE_NAME
-from models.uncertainty import Uncertainty, summarise
+from models.uncertainty import Uncertainty, mean_probabilities, summarise
 
 LOW_CONFIDENCE = 0.7  # below this top probability, or with a set of several classes
 
@@ -36,6 +36,7 @@ class LoadedModel:
     backend: ScoringBackend
     conformal: ConformalPredictor
     cascade: Cascade | None = None  # when set, confident cases never reach the ensemble
+    directory: Path | None = None  # the artifact it was loaded from, where there is one
 
 
 SERVED_CONFORMAL = "lac_0.1"  # the predictor a version serves until its alpha is adapted
@@ -124,7 +125,7 @@ def class_probabilities(
     # uncertainty ``_probabilities`` builds: an explanation asks for thousands of rows.
     means, escalate = _triage(model.cascade, matrix)
     if not fast and escalate.any():
-        means[escalate] = summarise(model.backend.member_probs(matrix[escalate])).mean
+        means[escalate] = mean_probabilities(model.backend.member_probs(matrix[escalate]))
     return means
 
 

@@ -98,6 +98,8 @@ class Settings:
     drift_window: int = 5_000  # the latest decisions a drift report covers
     drift_error_min_rise: float = 0.05  # the least rise of the error rate that alerts
     explain_share: float = 0.01  # share of decisions explained (Shapley values); 0: none
+    # Explain in a child process (``models.explainer``), not in a thread of the worker.
+    explain_process: bool = True
     # Serve GET /debug/profile?seconds=N (``streams.sampler``: the worker's stacks sampled
     # by CPU time for N seconds, folded). Off unless asked: anyone reaching the web port
     # could make the worker sample itself.
@@ -189,6 +191,7 @@ class Settings:
                 env, "HEADRACE_DRIFT_ERROR_MIN_RISE", defaults.drift_error_min_rise
             ),
             explain_share=_share(env, "HEADRACE_EXPLAIN_SHARE", defaults.explain_share),
+            explain_process=_choice(env, "HEADRACE_EXPLAIN_PROCESS", "1", ("0", "1")) == "1",
             debug_profile=_choice(env, "HEADRACE_DEBUG_PROFILE", "0", ("0", "1")) == "1",
             retrain_on_drift=_choice(env, "HEADRACE_RETRAIN_ON_DRIFT", "0", ("0", "1")) == "1",
             retrain_every_s=_int(env, "HEADRACE_RETRAIN_EVERY_S", 0, minimum=0),

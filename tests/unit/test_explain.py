@@ -216,11 +216,63 @@ def test_the_same_seed_gives_the_same_attributions_and_another_seed_others() -> 
     assert not np.array_equal(first.attributions, other.attributions)
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(min_value=1, max_value=9),  # features
+    st.integers(min_value=1, max_value=12),  # reference rows
+    st.integers(min_value=1, max_value=4),  # orderings per row
+    st.integers(min_value=1, max_value=60),  # rows per call
+    st.integers(min_value=0, max_value=2**32 - 1),  # seed
+)
+def test_blocks_of_chains_give_what_one_call_gives(
+    width: int, rows: int, permutations: int, rows_per_call: int, seed: int
+) -> None:
+    """The model is given whole chains at a time, at most ``rows_per_call`` rows a call
+    (or one chain's, if more; the reference rows and x ride with the first call), in the
+    type asked for; every row is evaluated once and the estimate is the one-call one."""
+    rng = np.random.default_rng(seed)
+    choices = np.array([0.0, 1.0, -2.5, np.nan])
+    background = choices[rng.integers(0, 4, size=(rows, width))]
+    x = choices[rng.integers(0, 4, size=width)]
+    weights = rng.normal(size=(width, width))
+    calls: list[tuple[int, Any]] = []
+
+    def network(matrix: np.ndarray) -> np.ndarray:
+        calls.append((len(matrix), matrix.dtype))
+        filled = np.nan_to_num(matrix.astype(np.float64), nan=0.5)
+        return np.asarray(1.0 / (1.0 + np.exp(-np.tanh(filled @ weights).sum(axis=1))))
+
+    whole = permutation_shapley(network, x, background, seed=seed, permutations=permutations)
+    assert len(calls) == 1
+    calls.clear()
+    blocked = permutation_shapley(
+        network,
+        x,
+        background,
+        seed=seed,
+        permutations=permutations,
+        dtype=np.float32,
+        rows_per_call=rows_per_call,
+    )
+    assert {dtype for _, dtype in calls} == {np.dtype(np.float32)}
+    assert calls[0][0] >= rows + 1
+    largest = max(rows_per_call, width - 1)
+    assert all(0 < size <= largest for size, _ in calls[1:])
+    assert calls[0][0] <= rows + 1 + largest
+    assert sum(size for size, _ in calls) == blocked.evaluations == whole.evaluations
+    # The rows are the float64 ones cast, so only the network's float64 arithmetic on
+    # them may differ: values in {0, 1, -2.5, missing} are exact in float32.
+    np.testing.assert_allclose(blocked.attributions, whole.attributions, rtol=0, atol=1e-12)
+    assert blocked.base_value == pytest.approx(whole.base_value, abs=1e-12)
+
+
 def test_bad_shapes_and_counts_are_refused() -> None:
     with pytest.raises(ValueError, match="shape"):
         permutation_shapley(interacting, np.zeros(3), np.zeros((4, 5)), seed=0)
     with pytest.raises(ValueError, match="permutations"):
         permutation_shapley(interacting, np.zeros(5), np.zeros((4, 5)), seed=0, permutations=0)
+    with pytest.raises(ValueError, match="rows_per_call"):
+        permutation_shapley(interacting, np.zeros(5), np.zeros((4, 5)), seed=0, rows_per_call=0)
 
 
 def test_the_seed_depends_on_the_request_and_the_version() -> None:

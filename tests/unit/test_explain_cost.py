@@ -8,24 +8,28 @@ from pathlib import Path
 import pytest
 
 from bench import explain_cost
+from models.explain import ROWS_PER_CALL
 
 
 def test_both_ways_explain_alike_and_their_costs_are_reported(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert explain_cost.main(["--requests", "4", "--rounds", "1"]) == 0
+    assert explain_cost.main(["--requests", "4", "--rounds", "2"]) == 0
     figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert 0 < figures["requests"] <= 4  # payments the pipeline rejects are not explained
+    assert figures["rounds"] == 2
     assert figures["features"] > 0
     assert figures["reference_rows"] > 0
     assert figures["evaluations_median"] > figures["reference_rows"]
+    assert figures["rows_per_call"] == ROWS_PER_CALL
     assert figures["max_attribution_difference"] < 1e-12
-    for way in ("served_path", "lean"):
+    for way in ("one_call", "blocked"):
         assert figures[f"{way}_ms"] > 0
+        assert figures[f"{way}_page_faults"] >= 0
         per_event = figures[f"{way}_ms"] * 1000 * figures["explain_share"]
         assert figures[f"{way}_us_per_event"] == pytest.approx(per_event, abs=0.01)
     assert figures["speedup"] == pytest.approx(
-        figures["served_path_ms"] / figures["lean_ms"], abs=0.01
+        figures["one_call_ms"] / figures["blocked_ms"], abs=0.01
     )
 
 

@@ -129,11 +129,17 @@ async def _preload() -> None:
 
 async def drain_explanations() -> None:
     """Explain the queued requests, one at a time, for as long as the worker runs."""
+    global explainer  # noqa: PLW0603 - dropped for the thread if no child can start
     try:
         if explainer is not None:  # its imports now, not on the first sampled decision
-            await explainer.start()
-            log.info("explain.process_started", pid=explainer.pid, starts=explainer.started)
-            await _preload()
+            try:
+                await explainer.start()
+            except OSError as error:
+                log.warning("explain.process_unavailable", error=repr(error))
+                explainer = None
+            else:
+                log.info("explain.process_started", pid=explainer.pid, starts=explainer.started)
+                await _preload()
         await _drain()
     finally:
         if explainer is not None:

@@ -15,9 +15,9 @@ and the child answers ``{"explanation": {...}, "compute_ms": ...}`` or, for a re
 cannot explain, ``{"error": "..."}``, and reads the next. A request with a null record
 only loads the version (``{"loaded": version}``). It loads each model version once
 (from the artifact directory the worker serves it from, with the worker's backend where
-this machine has it) and keeps it. It exits when its input ends, so a worker that stops
-or is killed leaves no child behind; it ignores SIGINT, which a terminal sends to the
-whole process group, and leaves stopping to the worker.
+this machine has it) and keeps the ``MODELS_KEPT`` it used last. It exits when its input
+ends, so a worker that stops or is killed leaves no child behind; it ignores SIGINT,
+which a terminal sends to the whole process group, and leaves stopping to the worker.
 
 :class:`ExplainerProcess` is the worker's side: it starts the child on first use, sends
 one request at a time, and starts a new child after one has died (the request in flight
@@ -45,6 +45,7 @@ from models.export import ONNX_FILE_NAME
 from models.scoring import LoadedModel, conformal_for
 
 READ_LIMIT = 4 * 1024 * 1024  # the longest reply line the worker reads
+MODELS_KEPT = 4  # versions kept loaded (champion, canary, shadow, one retired), by last use
 
 
 class ExplainerError(RuntimeError):
@@ -73,9 +74,12 @@ def answer(request: Mapping[str, Any], models: dict[tuple[str, str], LoadedModel
     """The reply line to one request line's object; ``models`` caches loaded versions."""
     try:
         key = (str(request["directory"]), str(request["version"]))
-        model = models.get(key)
-        if model is None:
-            model = models[key] = load_for_explaining(Path(key[0]), key[1], request.get("backend"))
+        model = models.pop(key, None) or load_for_explaining(
+            Path(key[0]), key[1], request.get("backend")
+        )
+        models[key] = model  # the most recently used last
+        while len(models) > MODELS_KEPT:
+            del models[next(iter(models))]
         if request.get("record") is None:  # load only: the version's first request waits less
             return orjson.dumps({"loaded": key[1]}) + b"\n"
         began = time.perf_counter()

@@ -23,7 +23,7 @@ from models.backends import OnnxRuntimeBackend
 from models.cascade import Cascade
 from models.dataset import demo_training_set
 from models.explain import explain_prediction
-from models.explainer import ExplainerError, ExplainerProcess, serve
+from models.explainer import MODELS_KEPT, ExplainerError, ExplainerProcess, answer, serve
 from models.export import ONNX_FILE_NAME
 from models.scoring import LoadedModel, conformal_for, model_outputs
 from models.train_model import train_model
@@ -99,19 +99,20 @@ def test_the_served_loop_answers_each_line_as_the_worker_would_explain_it(
     assert len(answers) == 5
     assert "not a JSON request" in answers[1]["error"]
     assert "No such file" in answers[2]["error"]
-    for answer, (record, prediction) in zip(
+    for reply, (record, prediction) in zip(
         [answers[0], answers[3], answers[4]], pairs[:3], strict=True
     ):
         here = explain_prediction(model, record, prediction, computed_at=7)
-        assert answer["explanation"] == orjson.loads(orjson.dumps(here))
-        assert answer["compute_ms"] > 0
+        assert reply["explanation"] == orjson.loads(orjson.dumps(here))
+        assert reply["compute_ms"] > 0
 
 
 def test_the_child_explains_and_a_dead_child_is_replaced(
     served: tuple[LoadedModel, list[tuple[dict[str, Any], dict[str, Any]]]],
 ) -> None:
     model, pairs = served
-    assert model.directory is not None
+    directory = model.directory
+    assert directory is not None
 
     async def scenario() -> None:
         explainer = ExplainerProcess()
@@ -120,11 +121,11 @@ def test_the_child_explains_and_a_dead_child_is_replaced(
             first_pid = explainer.pid
             assert first_pid is not None
             await explainer.load(
-                directory=model.directory, version=model.version, backend=model.backend.name
+                directory=directory, version=model.version, backend=model.backend.name
             )
             for record, prediction in pairs[:2]:
                 explanation, cost_ms = await explainer.explain(
-                    directory=model.directory,
+                    directory=directory,
                     version=model.version,
                     backend=model.backend.name,
                     record=record,
@@ -145,8 +146,8 @@ def test_the_child_explains_and_a_dead_child_is_replaced(
                 )
             assert explainer.pid == first_pid  # a bad request does not cost the child
             record, prediction = pairs[2]
-            request = {
-                "directory": model.directory,
+            request: dict[str, Any] = {
+                "directory": directory,
                 "version": model.version,
                 "backend": model.backend.name,
                 "record": record,
@@ -174,10 +175,10 @@ def test_the_child_explains_and_a_dead_child_is_replaced(
         finally:
             last = explainer.pid
             await explainer.close()
-        assert explainer.pid is None
         assert last is not None
         with pytest.raises(ProcessLookupError):
             os.kill(last, 0)
+        assert explainer.pid is None
 
     asyncio.run(scenario())
 
@@ -203,3 +204,16 @@ def test_the_child_ignores_sigint_and_leaves_when_its_input_ends() -> None:
         finally:
             if child.poll() is None:
                 child.kill()
+
+
+def test_the_child_keeps_the_versions_it_used_last(
+    served: tuple[LoadedModel, list[tuple[dict[str, Any], dict[str, Any]]]],
+) -> None:
+    model, pairs = served
+    models: dict[tuple[str, str], LoadedModel] = {}
+    versions = [f"v{i}" for i in range(MODELS_KEPT + 2)]
+    for version in [*versions[:MODELS_KEPT], versions[0], *versions[MODELS_KEPT:]]:
+        reply = orjson.loads(answer({**request_of(model, *pairs[0]), "version": version}, models))
+        assert reply["explanation"]["model"]["version"] == version
+    # v0 was used again before v4 and v5 came: v1 and v2 went, the oldest in use.
+    assert [version for _, version in models] == ["v3", "v0", "v4", "v5"]

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import orjson
 import pytest
 
@@ -29,6 +28,7 @@ from models.scoring import LoadedModel, conformal_for, model_outputs
 from models.train_model import train_model
 from models.training import TrainingConfig
 from streams.spec import DomainSpec
+from tests.unit.test_serving import records_of
 
 VERSION = "v-explainer"
 
@@ -51,19 +51,7 @@ def served(
         cascade=Cascade.from_state(metadata.cascade) if metadata.cascade else None,
         directory=directory,
     )
-    records = [
-        {
-            "event_id": f"e{i}",
-            "entity_id": "card",
-            "event_time": i,
-            "feature_version": data.feature_version,
-            "features": {
-                n: (None if np.isnan(v) else float(v))
-                for n, v in zip(data.names, data.features[i], strict=True)
-            },
-        }
-        for i in range(1_500, 1_506)
-    ]
+    records = records_of(data, range(1_500, 1_506))
     pairs = []
     for record, output in zip(records, model_outputs(model, records), strict=True):
         assert output is not None

@@ -25,8 +25,7 @@ that already equals the explained row. For payments a third of the steps are suc
 repeats. The other rows are given to the model a block of whole chains at a time, about
 a thousand rows a call (``ROWS_PER_CALL``), built in the type the model reads: a call on
 all of them at once made a few megabytes of temporaries an explanation, which the
-allocator handed back to the system and faulted in again the next time, and which pushed
-the worker's own data out of the cache.
+allocator handed back to the system and faulted in again the next time (BENCHMARKS.md).
 The orderings come from a generator seeded by the request id and the model version: an
 explanation is reproduced exactly by whoever computes it again (``headrace replay
 --request-id``).

@@ -18,15 +18,11 @@ from typing import TYPE_CHECKING
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from models.artifact import load_model
-from models.backends import choose_backend
 from models.cache import LruPredictionCache, PredictionCache, RedisPredictionCache
-from models.cascade import Cascade
-from models.export import ONNX_FILE_NAME
 from models.fleet import ModelFleet, ServingSet, verified_download
 from models.lifecycle import ModelState, VersionInfo, decode_event
 from models.router import ModelRouter
-from models.scoring import LoadedModel, conformal_for, model_version
+from models.scoring import load_served_model, model_version
 from models.serving import ChunkScorer
 from streams.app import app, settings
 from streams.metrics import METRICS
@@ -54,16 +50,7 @@ def prediction_cache() -> PredictionCache | None:
 
 
 def scorer_for(directory: Path, version: str) -> ChunkScorer:
-    model, metadata = load_model(directory)
-    loaded = LoadedModel(
-        name=metadata.name,
-        version=version,
-        metadata=metadata,
-        backend=choose_backend(model, directory / ONNX_FILE_NAME, settings.backend or None),
-        conformal=conformal_for(metadata),
-        cascade=Cascade.from_state(metadata.cascade) if metadata.cascade else None,
-        directory=directory,
-    )
+    loaded = load_served_model(directory, version, settings.backend or None)
     log.info("score.model_loaded", model=loaded.name, version=version, backend=loaded.backend.name)
     return ChunkScorer(loaded, max_batch=settings.score_max_batch, cache=prediction_cache())
 

@@ -20,12 +20,8 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from models.artifact import load_model
-from models.backends import choose_backend
 from models.cache import LruPredictionCache
-from models.cascade import Cascade
-from models.export import ONNX_FILE_NAME
-from models.scoring import LoadedModel, conformal_for, model_version
+from models.scoring import load_served_model, model_version
 from models.serving import ChunkScorer
 from streams.codecs import encode_features
 from streams.envelope import Accepted, SourcePosition
@@ -38,15 +34,7 @@ PRODUCER_OPTIONS: dict[str, Any] = {"acks": "all", "linger_ms": 5}  # as the wor
 
 def scorer_for(model_dir: Path, backend: str, max_batch: int) -> ChunkScorer:
     """The scorer a worker builds for a fixed model directory."""
-    model, metadata = load_model(model_dir)
-    loaded = LoadedModel(
-        name=metadata.name,
-        version=model_version(model_dir),
-        metadata=metadata,
-        backend=choose_backend(model, model_dir / ONNX_FILE_NAME, backend or None),
-        conformal=conformal_for(metadata),
-        cascade=Cascade.from_state(metadata.cascade) if metadata.cascade else None,
-    )
+    loaded = load_served_model(model_dir, model_version(model_dir), backend or None)
     return ChunkScorer(loaded, max_batch=max_batch, cache=LruPredictionCache(CACHE_ENTRIES))
 
 

@@ -37,12 +37,8 @@ from typing import IO, Any
 
 import orjson
 
-from models.artifact import load_model
-from models.backends import backend_factories, choose_backend
-from models.cascade import Cascade
 from models.explain import explain_prediction
-from models.export import ONNX_FILE_NAME
-from models.scoring import LoadedModel, conformal_for
+from models.scoring import LoadedModel, load_served_model
 
 READ_LIMIT = 4 * 1024 * 1024  # the longest reply line the worker reads
 MODELS_KEPT = 4  # versions kept loaded (champion, canary, shadow, one retired), by last use
@@ -55,19 +51,10 @@ class ExplainerError(RuntimeError):
 def load_for_explaining(directory: Path, version: str, backend: str | None) -> LoadedModel:
     """The model a worker serves from ``directory``, on the worker's backend where this
     machine has it (else the first available)."""
-    model, metadata = load_model(directory)
-    onnx_path = directory / ONNX_FILE_NAME
-    factories = backend_factories(model, onnx_path)
-    chosen = factories[backend]() if backend in factories else choose_backend(model, onnx_path)
-    return LoadedModel(
-        name=metadata.name,
-        version=version,
-        metadata=metadata,
-        backend=chosen,
-        conformal=conformal_for(metadata),
-        cascade=Cascade.from_state(metadata.cascade) if metadata.cascade else None,
-        directory=directory,
-    )
+    try:
+        return load_served_model(directory, version, backend)
+    except ValueError:  # the worker's backend is not available here
+        return load_served_model(directory, version)
 
 
 def answer(request: Mapping[str, Any], models: dict[tuple[str, str], LoadedModel]) -> bytes:

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from models.artifact import ModelMetadata
-from models.backends import ScoringBackend
+from models.artifact import ModelMetadata, load_model
+from models.backends import ScoringBackend, choose_backend
 from models.cache import feature_hash
 from models.cascade import Cascade
 from models.conformal import CalibrationScores, ConformalPredictor
@@ -37,6 +37,22 @@ class LoadedModel:
     conformal: ConformalPredictor
     cascade: Cascade | None = None  # when set, confident cases never reach the ensemble
     directory: Path | None = None  # the artifact it was loaded from, where there is one
+
+
+def load_served_model(directory: Path, version: str, backend: str | None = None) -> LoadedModel:
+    """The model artifact in ``directory`` as a worker serves it, on the named backend
+    (``models.backends.choose_backend``: the first available for None, ValueError for one
+    this machine lacks)."""
+    model, metadata = load_model(directory)
+    return LoadedModel(
+        name=metadata.name,
+        version=version,
+        metadata=metadata,
+        backend=choose_backend(model, directory / ONNX_FILE_NAME, backend),
+        conformal=conformal_for(metadata),
+        cascade=Cascade.from_state(metadata.cascade) if metadata.cascade else None,
+        directory=directory,
+    )
 
 
 SERVED_CONFORMAL = "lac_0.1"  # the predictor a version serves until its alpha is adapted

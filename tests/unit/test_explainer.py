@@ -22,7 +22,14 @@ from models.backends import OnnxRuntimeBackend
 from models.cascade import Cascade
 from models.dataset import demo_training_set
 from models.explain import explain_prediction
-from models.explainer import MODELS_KEPT, ExplainerError, ExplainerProcess, answer, serve
+from models.explainer import (
+    MODELS_KEPT,
+    ExplainerError,
+    ExplainerProcess,
+    answer,
+    load_for_explaining,
+    serve,
+)
 from models.export import ONNX_FILE_NAME
 from models.scoring import LoadedModel, conformal_for, model_outputs
 from models.train_model import train_model
@@ -205,3 +212,15 @@ def test_the_child_keeps_the_versions_it_used_last(
         assert reply["explanation"]["model"]["version"] == version
     # v0 was used again before v4 and v5 came: v1 and v2 went, the oldest in use.
     assert [version for _, version in models] == ["v3", "v0", "v4", "v5"]
+
+
+def test_a_backend_this_machine_lacks_falls_back_to_the_first_available(
+    served: tuple[LoadedModel, list[tuple[dict[str, Any], dict[str, Any]]]],
+) -> None:
+    model, _ = served
+    assert model.directory is not None
+    loaded = load_for_explaining(model.directory, VERSION, "no-such-backend")
+    # The first this machine has (models.backends.backend_factories' order).
+    assert loaded.backend.name in {"tensorrt", "torch-cuda-graph", "onnxruntime-cpu"}
+    assert loaded.directory == model.directory
+    assert loaded.version == VERSION

@@ -48,7 +48,6 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
@@ -56,16 +55,12 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from headrace.lifecycle_commands import resolve_version, state_at
 from headrace.model_log import read_log
-from models.artifact import load_model
-from models.backends import choose_backend
-from models.cascade import Cascade
 from models.explain import explain_prediction
-from models.export import ONNX_FILE_NAME
 from models.fleet import ArtifactMismatchError, verified_download
 from models.lifecycle import ModelEvent, ModelState, VersionInfo, apply
 from models.registry import ModelRegistry
 from models.router import route
-from models.scoring import LoadedModel, conformal_for, model_outputs
+from models.scoring import LoadedModel, conformal_for, load_served_model, model_outputs
 from streams.settings import Settings
 
 TOLERANCE = 1e-9  # absolute, on probabilities and uncertainty numbers (module doc)
@@ -377,7 +372,7 @@ class VersionLoader:
             directory = verified_download(self._registry, name, info, self._cache_dir)
         except ArtifactMismatchError as error:
             raise ReplayError(str(error)) from None
-        self.loaded[version] = loaded_model(directory, version, self._settings.backend or None)
+        self.loaded[version] = load_served_model(directory, version, self._settings.backend or None)
         return self.loaded[version]
 
     def outputs(
@@ -394,19 +389,6 @@ class VersionLoader:
 
     def backends(self) -> dict[str, str]:
         return {version: model.backend.name for version, model in self.loaded.items()}
-
-
-def loaded_model(directory: Path, version: str, backend: str | None) -> LoadedModel:
-    """A model directory as the scoring worker loads it (``agents.lifecycle.scorer_for``)."""
-    model, metadata = load_model(directory)
-    return LoadedModel(
-        name=metadata.name,
-        version=version,
-        metadata=metadata,
-        backend=choose_backend(model, directory / ONNX_FILE_NAME, backend),
-        conformal=conformal_for(metadata),
-        cascade=Cascade.from_state(metadata.cascade) if metadata.cascade else None,
-    )
 
 
 # -- reading Kafka ----------------------------------------------------------------------------

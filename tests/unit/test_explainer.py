@@ -17,9 +17,6 @@ from typing import Any
 import orjson
 import pytest
 
-from models.artifact import load_model
-from models.backends import OnnxRuntimeBackend
-from models.cascade import Cascade
 from models.dataset import demo_training_set
 from models.explain import explain_prediction
 from models.explainer import (
@@ -30,8 +27,7 @@ from models.explainer import (
     load_for_explaining,
     serve,
 )
-from models.export import ONNX_FILE_NAME
-from models.scoring import LoadedModel, conformal_for, model_outputs
+from models.scoring import LoadedModel, load_served_model, model_outputs
 from models.train_model import train_model
 from models.training import TrainingConfig
 from streams.spec import DomainSpec
@@ -48,16 +44,7 @@ def served(
     directory = tmp_path_factory.mktemp("explainer-model")
     data = demo_training_set(payments_spec, 2_000, seed=5)
     train_model(data, directory, TrainingConfig(members=2, hidden=16, epochs=2))
-    _, metadata = load_model(directory)
-    model = LoadedModel(
-        name=metadata.name,
-        version=VERSION,
-        metadata=metadata,
-        backend=OnnxRuntimeBackend(directory / ONNX_FILE_NAME),
-        conformal=conformal_for(metadata),
-        cascade=Cascade.from_state(metadata.cascade) if metadata.cascade else None,
-        directory=directory,
-    )
+    model = load_served_model(directory, VERSION, "onnxruntime-cpu")  # the worker's loader
     records = records_of(data, range(1_500, 1_506))
     pairs = []
     for record, output in zip(records, model_outputs(model, records), strict=True):

@@ -22,13 +22,12 @@ from headrace.replay import (
     Replayed,
     ServingHistory,
     compare,
-    loaded_model,
     replay_records,
 )
 from models.dataset import demo_training_set
 from models.lifecycle import ModelEvent, ModelState, apply, next_event
 from models.router import route
-from models.scoring import model_outputs
+from models.scoring import load_served_model, model_outputs
 from models.train_model import train_model
 from models.training import TrainingConfig
 from streams.spec import DomainSpec
@@ -319,7 +318,7 @@ def model_dir(payments_spec: DomainSpec, tmp_path_factory: pytest.TempPathFactor
 def test_batch_sizes_change_a_real_models_outputs_by_less_than_the_tolerance(
     model_dir: Path, payments_spec: DomainSpec
 ) -> None:
-    model = loaded_model(model_dir, "v", "onnxruntime-cpu")
+    model = load_served_model(model_dir, "v", "onnxruntime-cpu")
     data = demo_training_set(payments_spec, 1_500, seed=99)
     rng = np.random.default_rng(3)
     features = np.concatenate([data.features, rng.normal(0, 20, data.features.shape)])

@@ -41,6 +41,7 @@ CHECKPOINT_EVERY = 1_000  # outcomes between checkpoints of the error detectors
 
 policy = RolloutPolicy(
     min_samples=settings.rollout_min_samples,
+    max_samples=settings.rollout_max_samples,
     margin=settings.rollout_margin_pct / 100,
     p99_slo_ms=settings.rollout_p99_slo_ms,
 )

@@ -57,6 +57,10 @@ DEMO_WORKER_ENV = {
     # its cooldown then holds off the one the drift needs. The drift adds 25 points.
     "HEADRACE_DRIFT_ERROR_MIN_RISE": "0.10",
     "HEADRACE_ROLLOUT_MIN_SAMPLES": "100",
+    # A candidate about as good as the champion (a retraining on too few of the new
+    # concept's labels) is rolled back after 500 labelled outcomes at a step, not left at
+    # 5% for the rest of the run: at 5% of 200/s that is about a minute.
+    "HEADRACE_ROLLOUT_MAX_SAMPLES": "500",
     # The shared 2-core machine runs the servers, the worker, a retraining and this
     # process at once: a canary is judged on its errors, its latency only when far off.
     "HEADRACE_ROLLOUT_P99_SLO_MS": "250",

@@ -18,13 +18,20 @@ The rules, in order; the first that fires decides:
    ``H0: p_canary - p_champion >= margin`` at ``alpha``, and the canary's p99 is known
    and within the SLO: shift to the next of ``steps`` above the canary's percent, or
    promote when it is at (or past) the last step.
-6. Otherwise: wait (None).
+6. ``inferior``: the mirror test rejects ``H0: p_canary - p_champion <= margin`` at
+   ``alpha``: the canary is worse than the margin allows; roll back.
+7. ``inconclusive``: both arms have ``max_samples`` labelled outcomes and neither test
+   has decided: the canary could not be shown non-inferior within its budget; roll back.
+   A canary about ``margin`` worse than the champion would otherwise wait for ever, as
+   neither test can reject its H0.
+8. Otherwise: wait (None).
 
 The test statistic is ``z = (p_canary - p_champion - margin) / se`` with the unpooled
 standard error ``se = sqrt(p_c (1 - p_c) / n_c + p_0 (1 - p_0) / n_0)`` (under H0 the
 rates differ, so they are not pooled); the p-value is ``Phi(z)``, and H0 is rejected when
-it is at most ``alpha``. In ``se`` each rate is kept within ``[1/(2n), 1 - 1/(2n)]``, so
-that arms without errors (the usual case for a good model) still give a finite ``z``.
+it is at most ``alpha`` (the inferiority test's p-value is ``Phi(-z)``). In ``se`` each
+rate is kept within ``[1/(2n), 1 - 1/(2n)]``, so that arms without errors (the usual case
+for a good model) still give a finite ``z``.
 """
 
 from __future__ import annotations
@@ -51,13 +58,15 @@ __all__ = [
 ]
 
 DecisionKind = Literal["canary_started", "traffic_shifted", "promoted", "rolled_back"]
-Rule = Literal["latency_slo", "error_ratio", "non_inferior"]
+Rule = Literal["latency_slo", "error_ratio", "non_inferior", "inferior", "inconclusive"]
 
 
 @dataclass(frozen=True, slots=True)
 class RolloutPolicy:
     steps: tuple[float, ...] = (5.0, 25.0, 100.0)  # canary percents, increasing
     min_samples: int = 200  # labelled outcomes per arm before anything but latency decides
+    max_samples: int = 2_000  # labelled outcomes per arm (each step) before an undecided
+    # canary is rolled back
     margin: float = 0.02  # non-inferiority margin on the error rate
     alpha: float = 0.05
     rollback_error_ratio: float = 2.0
@@ -70,6 +79,11 @@ class RolloutPolicy:
             raise ValueError(f"steps must increase, not {self.steps}")
         if self.min_samples < 1:
             raise ValueError(f"min_samples must be at least 1, not {self.min_samples}")
+        if self.max_samples < self.min_samples:
+            raise ValueError(
+                f"max_samples must be at least min_samples ({self.min_samples}), "
+                f"not {self.max_samples}"
+            )
         if not 0 <= self.margin < 1:
             raise ValueError(f"margin must be in [0, 1), not {self.margin}")
         if not 0 < self.alpha < 1:
@@ -157,19 +171,35 @@ def _fired_rule(
     state: ModelState,
     champion: ArmStats,
     canary: ArmStats,
-    p_value: float | None,
+    p_values: tuple[float, float] | None,  # non-inferiority's and inferiority's
     policy: RolloutPolicy,
 ) -> tuple[DecisionKind, Rule] | None:
     if canary.p99_ms is not None and canary.p99_ms > policy.p99_slo_ms:
         return "rolled_back", "latency_slo"
     if state.champion is None or min(champion.n, canary.n) < policy.min_samples:
         return None
+    return _error_rule(state, champion, canary, p_values, policy)
+
+
+def _error_rule(
+    state: ModelState,
+    champion: ArmStats,
+    canary: ArmStats,
+    p_values: tuple[float, float] | None,
+    policy: RolloutPolicy,
+) -> tuple[DecisionKind, Rule] | None:
+    """Rules 4 to 8, once both arms have ``min_samples`` labelled outcomes."""
     champion_rate = max(champion.errors / champion.n, 1.0 / champion.n)
     if canary.errors / canary.n > policy.rollback_error_ratio * champion_rate:
         return "rolled_back", "error_ratio"
-    if p_value is not None and p_value <= policy.alpha and canary.p99_ms is not None:
+    non_inferior_p, inferior_p = p_values if p_values is not None else (1.0, 1.0)
+    if non_inferior_p <= policy.alpha and canary.p99_ms is not None:
         last_step = next_step(state.canary_percent, policy.steps) is None
         return ("promoted" if last_step else "traffic_shifted"), "non_inferior"
+    if inferior_p <= policy.alpha:
+        return "rolled_back", "inferior"
+    if min(champion.n, canary.n) >= policy.max_samples:
+        return "rolled_back", "inconclusive"
     return None
 
 
@@ -188,7 +218,9 @@ def _judge(
     z, p_value = (
         non_inferiority_test(arm, champion, policy.margin) if arm.n and champion.n else (None, None)
     )
-    fired = _fired_rule(state, champion, arm, p_value, policy)
+    p_inferior = None if z is None else normal_cdf(-z)
+    p_values = None if p_value is None or p_inferior is None else (p_value, p_inferior)
+    fired = _fired_rule(state, champion, arm, p_values, policy)
     if fired is None:
         return None
     kind, rule = fired
@@ -203,8 +235,10 @@ def _judge(
         "champion": champion.to_evidence(),
         "z": z,
         "p_value": p_value,
+        "p_value_inferior": p_inferior,
         "policy": {
             "min_samples": policy.min_samples,
+            "max_samples": policy.max_samples,
             "margin": policy.margin,
             "alpha": policy.alpha,
             "rollback_error_ratio": policy.rollback_error_ratio,

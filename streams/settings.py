@@ -111,6 +111,7 @@ class Settings:
     retrain_settle_s: int = 0  # >0: wait this long after the alert, train on labels after it
     rollout_controller: bool = True  # with serve_registry: shift, promote, roll back canaries
     rollout_min_samples: int = 200  # labelled outcomes per arm before a decision on errors
+    rollout_max_samples: int = 2_000  # per arm and step: an undecided canary is rolled back
     rollout_margin_pct: float = 2.0  # non-inferiority margin on the error rate, in points
     rollout_p99_slo_ms: float = 50.0  # a canary's p99 scoring latency above this: roll back
     # MLflow's registry: a sqlite file and a local artifact folder by default, or a server.
@@ -149,6 +150,9 @@ class Settings:
         kafka_port = _int(env, "HEADRACE_KAFKA_PORT", 9092, minimum=1)
         redis_port = _int(env, "HEADRACE_REDIS_PORT", 6390, minimum=1)
         s3_port = _int(env, "HEADRACE_S3_PORT", 5055, minimum=1)
+        min_samples = _int(
+            env, "HEADRACE_ROLLOUT_MIN_SAMPLES", defaults.rollout_min_samples, minimum=1
+        )
         return cls(
             app_id=env.get("HEADRACE_APP_ID", defaults.app_id),
             broker=env.get("HEADRACE_BROKER", f"kafka://127.0.0.1:{kafka_port}"),
@@ -205,8 +209,12 @@ class Settings:
             ),
             retrain_settle_s=_int(env, "HEADRACE_RETRAIN_SETTLE_S", 0, minimum=0),
             rollout_controller=_choice(env, "HEADRACE_ROLLOUT_CONTROLLER", "1", ("0", "1")) == "1",
-            rollout_min_samples=_int(
-                env, "HEADRACE_ROLLOUT_MIN_SAMPLES", defaults.rollout_min_samples, minimum=1
+            rollout_min_samples=min_samples,
+            rollout_max_samples=_int(
+                env,
+                "HEADRACE_ROLLOUT_MAX_SAMPLES",
+                max(defaults.rollout_max_samples, min_samples),
+                minimum=min_samples,
             ),
             rollout_margin_pct=_float(
                 env, "HEADRACE_ROLLOUT_MARGIN_PCT", defaults.rollout_margin_pct

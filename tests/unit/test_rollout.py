@@ -139,11 +139,43 @@ class TestRules:
         assert slow.evidence["rule"] == "latency_slo"
 
     def test_no_progress_while_the_canary_latency_is_unknown(self) -> None:
-        assert decide(canary_state(), ArmStats(2000, 100), ArmStats(2000, 100)) is None
-        assert decide(canary_state(), ArmStats(2000, 100), ArmStats(2000, 100, FAST)) is not None
+        assert decide(canary_state(), ArmStats(1500, 75), ArmStats(1500, 75)) is None
+        assert decide(canary_state(), ArmStats(1500, 75), ArmStats(1500, 75, FAST)) is not None
 
     def test_no_progress_when_non_inferiority_is_not_shown(self) -> None:
         assert decide(canary_state(), ArmStats(200, 10), ArmStats(200, 12, FAST)) is None
+
+    def test_a_canary_shown_worse_than_the_margin_allows_is_rolled_back(self) -> None:
+        champion = ArmStats(1000, 100)  # 10 percent; twice that is the blunt guard
+        # 15 percent: se = sqrt(0.15 * 0.85 / 1000 + 0.1 * 0.9 / 1000) = 0.0147479,
+        # z = (0.05 - 0.02) / se = 2.03419, p = Phi(-z) = 0.020966 <= 0.05
+        worse = decide(canary_state(), champion, ArmStats(1000, 150, FAST))
+        assert worse is not None
+        assert (worse.kind, worse.evidence["rule"]) == ("rolled_back", "inferior")
+        assert worse.evidence["p_value_inferior"] == pytest.approx(0.020966, abs=1e-6)
+        # 14 percent: z = 0.02 / 0.0145052 = 1.37882, p = 0.083975: not shown, keep counting
+        assert decide(canary_state(), champion, ArmStats(1000, 140, FAST)) is None
+
+    def test_an_undecided_canary_is_rolled_back_once_both_arms_reach_max_samples(self) -> None:
+        policy = RolloutPolicy(min_samples=100, max_samples=1000)
+        # Exactly the margin worse: z = 0, both p-values 0.5; neither test can ever decide.
+        champion, canary = ArmStats(1000, 100), ArmStats(1000, 120, FAST)
+        assert decide(canary_state(), champion, ArmStats(999, 120, FAST), policy) is None
+        assert decide(canary_state(), ArmStats(999, 100), canary, policy) is None
+        decision = decide(canary_state(), champion, canary, policy)
+        assert decision is not None
+        assert (decision.kind, decision.evidence["rule"]) == ("rolled_back", "inconclusive")
+        assert decision.evidence["policy"]["max_samples"] == 1000
+        shadow = ModelState("m", sequence=3, champion="v1", shadow="v2", shadow_fraction=1.0)
+        undecided = decide_shadow(shadow, champion, canary, policy)
+        assert undecided is not None
+        assert (undecided.kind, undecided.evidence["rule"]) == ("rolled_back", "inconclusive")
+
+    def test_a_good_canary_at_max_samples_still_climbs(self) -> None:
+        policy = RolloutPolicy(min_samples=100, max_samples=1000)
+        decision = decide(canary_state(), ArmStats(5000, 500), ArmStats(5000, 480, FAST), policy)
+        assert decision is not None
+        assert (decision.kind, decision.evidence["rule"]) == ("traffic_shifted", "non_inferior")
 
     def test_without_a_champion_only_latency_decides(self) -> None:
         state = canary_state(champion=None)
@@ -207,6 +239,7 @@ class TestValidation:
             {"steps": (0.0, 100.0)},
             {"steps": (50.0, 101.0)},
             {"min_samples": 0},
+            {"max_samples": 199},
             {"margin": -0.01},
             {"alpha": 0.0},
             {"alpha": 1.0},
@@ -276,6 +309,13 @@ def assert_rule_holds(decision: Decision, champion: ArmStats, canary: ArmStats) 
     assert min(champion.n, canary.n) >= policy.min_samples
     if rule == "error_ratio":
         assert canary.errors / canary.n > 2 * max(champion.errors, 1) / champion.n
+    elif rule == "inferior":
+        assert decision.evidence["p_value_inferior"] <= policy.alpha
+        assert canary.errors / canary.n > champion.errors / champion.n + policy.margin
+    elif rule == "inconclusive":
+        assert min(champion.n, canary.n) >= policy.max_samples
+        assert decision.evidence["p_value"] > policy.alpha or canary.p99_ms is None
+        assert decision.evidence["p_value_inferior"] > policy.alpha
     else:
         assert decision.evidence["p_value"] <= policy.alpha
         assert canary.p99_ms is not None

@@ -49,3 +49,12 @@ def test_the_profile_endpoint_is_off_unless_set_to_1() -> None:
     assert Settings.from_env({"HEADRACE_DEBUG_PROFILE": "0"}).debug_profile is False
     with pytest.raises(SettingsError, match="HEADRACE_DEBUG_PROFILE"):
         Settings.from_env({"HEADRACE_DEBUG_PROFILE": "yes"})
+
+
+def test_an_undecided_canary_has_a_budget_of_at_least_its_minimum() -> None:
+    assert Settings.from_env({}).rollout_max_samples == 2_000
+    raised = Settings.from_env({"HEADRACE_ROLLOUT_MIN_SAMPLES": "3000"})
+    assert raised.rollout_max_samples == 3_000  # the default follows a larger minimum
+    assert Settings.from_env({"HEADRACE_ROLLOUT_MAX_SAMPLES": "400"}).rollout_max_samples == 400
+    with pytest.raises(SettingsError, match="HEADRACE_ROLLOUT_MAX_SAMPLES must be >= 200"):
+        Settings.from_env({"HEADRACE_ROLLOUT_MAX_SAMPLES": "199"})

@@ -551,6 +551,10 @@ def latency_phase(
     worker = scenario.start_worker(env, scratch, "latency")
     try:
         asyncio.run(scenario.wait_until_serving(settings, worker))
+        assert worker.process is not None  # noqa: S101 - started above
+        # Its explainer process imports PyTorch and loads the model for some seconds after
+        # the worker serves: offered load in that time would measure the start-up.
+        asyncio.run(_children_settled(worker.process.pid))
         say("latency worker serving")
         return asyncio.run(_paced_runs(config, settings, stream))
     finally:

@@ -42,18 +42,27 @@ def latest_labels(
 
 
 def training_set(joined: pa.Table, names: tuple[str, ...], feature_version: str) -> TrainingSet:
-    """The joined rows that found their feature row, as a ``TrainingSet`` in time order."""
+    """The joined rows that found their own event's feature row, as a ``TrainingSet`` in
+    time order.
+
+    A label's time is its event's, so its own row has that event time. A label whose row
+    has not reached the offline store yet (it is written within seconds, in batches) meets
+    the entity's row before it instead: an earlier payment's features under this one's
+    label. Such a label is left out, not trained on.
+    """
+    versions = joined["feature_version"].to_pylist()
+    feature_times = joined["feature_event_time"].to_pylist()
+    label_times = joined["timestamp"].to_pylist()
     found = [
         i
-        for i, version in enumerate(joined["feature_version"].to_pylist())
-        if version == feature_version
+        for i, version in enumerate(versions)
+        if version == feature_version and feature_times[i] == label_times[i]
     ]
     columns = {
         name: joined[name].to_pylist() if name in joined.column_names else [None] * len(joined)
         for name in names
     }
-    times = joined["timestamp"].to_pylist()
-    order = sorted(found, key=lambda i: times[i])
+    order = sorted(found, key=lambda i: label_times[i])
     features = np.array(
         [[_number(columns[n][i]) for n in names] for i in order],
         dtype=np.float64,
@@ -64,8 +73,8 @@ def training_set(joined: pa.Table, names: tuple[str, ...], feature_version: str)
         labels=np.array([int(labels[i]) for i in order], dtype=np.int64),
         names=names,
         feature_version=feature_version,
-        first_event_time=int(times[order[0]]) if order else 0,
-        last_event_time=int(times[order[-1]]) if order else 0,
+        first_event_time=int(label_times[order[0]]) if order else 0,
+        last_event_time=int(label_times[order[-1]]) if order else 0,
     )
 
 

@@ -9,7 +9,6 @@ trained on.
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,9 +104,9 @@ def model_outputs(
     outputs: list[dict[str, Any] | None] = [None] * len(records)
     if not scorable:
         return outputs
+    # None (a window with nothing to compute from) becomes NaN in the float array.
     matrix = np.array(
-        [[_value(records[i]["features"].get(n)) for n in names] for i in scorable],
-        dtype=np.float32,
+        [list(map(records[i]["features"].get, names)) for i in scorable], dtype=np.float32
     )
     summary, answered_by = _probabilities(model, matrix, fast=fast)
     sets = model.conformal.predict_sets(summary.mean)
@@ -206,7 +205,3 @@ def _triage(cascade: Cascade, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarra
     """The triage model's class probabilities (rows, 2) and the rows it escalates."""
     positive = cascade.triage.positive_probability(matrix.astype(np.float64))
     return np.stack([1.0 - positive, positive], axis=1), cascade.escalating(positive)
-
-
-def _value(value: float | None) -> float:
-    return math.nan if value is None else float(value)

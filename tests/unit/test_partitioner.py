@@ -6,10 +6,16 @@ import random
 
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.partitioner import CachedPartitioner
+from streams.partitioner import CachedPartitioner, murmur2
+
+
+@given(st.binary(max_size=200))
+def test_murmur2_is_aiokafkas(key: bytes) -> None:
+    assert murmur2(key) == aiokafka_murmur2(key)
 
 
 @given(

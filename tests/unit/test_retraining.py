@@ -46,9 +46,12 @@ def test_each_label_meets_the_feature_row_of_its_own_event() -> None:
             "amount": [1.0, 2.0, None],
         }
     )
+    # ("a", 250): its event's row is not in the store yet; the join finds the row of
+    # "a"'s event at 200, another payment's features, and the label is left out.
     joined = point_in_time_join(
-        features, [("a", 200, 1), ("b", 150, 0), ("a", 100, 0), ("z", 5, 1)]
+        features, [("a", 200, 1), ("b", 150, 0), ("a", 250, 0), ("a", 100, 0), ("z", 5, 1)]
     )
+    assert joined["feature_event_time"].to_pylist()[2] == 200
     data = training_set(joined, ("amount",), "fv")
     assert data.labels.tolist() == [0, 0, 1]  # in time order; "z" found no row
     assert data.features[:, 0].tolist()[0] == 1.0

@@ -7,10 +7,13 @@ consumer group and state) serving a fixed model, and one plain loop for comparis
   pre-loaded on topics of the baseline's own and drained by the plain loop
   (``bench.e2e_baseline``); then a worker is started, awaited (a probe went through) and
   the same payments are produced to it flat out (a few seconds for the producer, so a
-  backlog builds at once). Each rate is outputs per second over the middle 60% of the
-  run's span in time (``steady_rate``), start-up and tail left out. The worker's output
-  times are its predictions' Kafka timestamps (CreateTime, set by its producer). Each
-  side's CPU time per event is measured too (the worker's from ``/proc``, every thread
+  backlog builds at once); then the plain loop drains them once more. The baseline's
+  figures are the means of its two drains, one before the worker's and one after
+  (``baseline_runs_*`` has both): this machine's speed drifts over minutes. Each rate
+  is outputs per second over the middle 60% of the run's span in time
+  (``steady_rate``), start-up and tail left out. The worker's output times are its
+  predictions' Kafka timestamps (CreateTime, set by its producer). Each side's CPU time
+  per event is measured too (the worker's from ``/proc``, every thread
   and its explainer process, whose share is also reported as
   ``explainer_cpu_us_per_event``, from ready to drained): on a machine shared with other
   work it says better than the rates what each would sustain on a core of its own
@@ -60,6 +63,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from bench.e2e_baseline import baseline_drain
 from bench.e2e_stats import (
     LatencySummary,
+    bracketed_baseline,
     cpu_seconds,
     due_count,
     latency_summary,
@@ -634,6 +638,9 @@ def e2e_figures(spec_path: Path, config: E2eConfig) -> dict[str, Any]:
         figures = throughput_phase(
             config, scratch, model_dir, drained, downstream=False, baseline=True
         )
+        # The plain loop again right after the worker: the worker is compared with the
+        # mean of the baseline drains on either side of it.
+        figures.update(bracketed_baseline(figures, _baseline(config, scratch, model_dir, drained)))
         result: dict[str, Any] = {
             "max_events_per_s": figures.pop("worker_drain_events_per_s"),
             **figures,

@@ -11,6 +11,7 @@ import bisect
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 
 def percentile(samples: Sequence[float], q: float) -> float:
@@ -115,3 +116,21 @@ def cpu_seconds(stat_line: str, ticks_per_s: int) -> float:
     """User plus system CPU time of a process from its ``/proc/<pid>/stat`` line."""
     times = cpu_times(stat_line, ticks_per_s)
     return times.user_s + times.system_s
+
+
+def bracketed_baseline(before: Mapping[str, int], after: Mapping[str, int]) -> dict[str, Any]:
+    """The baseline's figures from a drain before the worker's and one after it.
+
+    The machine's speed drifts over minutes (the plain loop alone has drained 3,173 to
+    6,757 events/s on one day), so a worker drained between two baseline drains is
+    compared with their mean; both runs are reported too. Each argument holds
+    ``baseline_events_per_s``, ``baseline_cpu_us_per_event`` and ``baseline_predictions``.
+    """
+    runs = (before, after)
+    return {
+        "baseline_events_per_s": round(sum(r["baseline_events_per_s"] for r in runs) / 2),
+        "baseline_cpu_us_per_event": round(sum(r["baseline_cpu_us_per_event"] for r in runs) / 2),
+        "baseline_predictions": min(r["baseline_predictions"] for r in runs),
+        "baseline_runs_events_per_s": [r["baseline_events_per_s"] for r in runs],
+        "baseline_runs_cpu_us_per_event": [r["baseline_cpu_us_per_event"] for r in runs],
+    }

@@ -50,6 +50,8 @@ def test_the_figures_come_out_as_one_json_line(
     assert figures["baseline_predictions"] == DRAINED
     assert figures["max_events_per_s"] > 0
     assert figures["baseline_events_per_s"] > 0
+    before, after = figures["baseline_runs_events_per_s"]  # either side of the worker's
+    assert figures["baseline_events_per_s"] == round((before + after) / 2)
     assert figures["ratio_to_baseline"] == round(
         figures["max_events_per_s"] / figures["baseline_events_per_s"], 3
     )

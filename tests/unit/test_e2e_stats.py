@@ -7,7 +7,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bench.e2e_stats import cpu_seconds, due_count, latency_summary, percentile, steady_rate
+from bench.e2e_stats import (
+    bracketed_baseline,
+    cpu_seconds,
+    due_count,
+    latency_summary,
+    percentile,
+    steady_rate,
+)
 
 
 @given(
@@ -83,3 +90,23 @@ def test_cpu_seconds_reads_utime_and_stime() -> None:
     # Fields 14 and 15 (utime, stime) of proc(5); the command name may hold spaces and ")".
     line = "4242 (python (x) y) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0 3 0 100 0 0"
     assert cpu_seconds(line, 100) == pytest.approx(3.0)
+
+
+def test_the_baseline_is_the_mean_of_the_drains_either_side_of_the_worker() -> None:
+    before = {
+        "baseline_events_per_s": 4_155,
+        "baseline_cpu_us_per_event": 257,
+        "baseline_predictions": 30_000,
+    }
+    after = {
+        "baseline_events_per_s": 3_172,
+        "baseline_cpu_us_per_event": 320,
+        "baseline_predictions": 29_990,
+    }
+    assert bracketed_baseline(before, after) == {
+        "baseline_events_per_s": 3_664,  # 3,663.5 rounded to even
+        "baseline_cpu_us_per_event": 288,  # 288.5 rounded to even
+        "baseline_predictions": 29_990,  # a drain that fell short shows
+        "baseline_runs_events_per_s": [4_155, 3_172],
+        "baseline_runs_cpu_us_per_event": [257, 320],
+    }

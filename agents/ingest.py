@@ -12,8 +12,9 @@ not counted twice (entity states keep the offset of the last message they applie
 
 Where a model serves (and unless ``HEADRACE_SCORE_IN_INGEST=0``), the agent reads
 micro-batches (``take_events``, as the scoring agent does) and scores each batch itself
-once its features records are written: the same ``serve_chunk`` as the scoring agent,
-one Kafka hop fewer per event than reading ``features`` back. The batch's offsets are
+while its features records are written, sending the predictions once the records'
+offsets are known: the same ``serve_chunk`` as the scoring agent, one Kafka hop fewer
+per event than reading ``features`` back. The batch's offsets are
 acknowledged only after it is scored, so at-least-once holds as in the two-hop shape.
 The ``features`` topic stays the record of what the model saw (each prediction points at
 its record); the offline writer still reads it, the online store is written from the
@@ -190,22 +191,28 @@ def _rebuild_if_needed() -> None:
 
 
 async def score_sent(sent: list[Sent]) -> None:
-    """Score a batch's features records once the broker has them: each prediction points
-    at its features record (``features_at``), as one scored from the topic does. Then
-    the batch's rows go to the online store (``agents.stores`` reads no ``features`` for
-    it in this mode)."""
+    """Score a batch's features records, each prediction pointing at its features record
+    (``features_at``) as one scored from the topic does. The batch is scored while the
+    broker acknowledges the records: each record's ``features_at`` is an empty dict that
+    its predictions share (``models.scoring.prediction_record`` takes it as it is), filled
+    in place once the record's offset is known, before any prediction is read or sent.
+    Then the batch's rows go to the online store (``agents.stores`` reads no
+    ``features`` for it in this mode)."""
     if fleet is None:  # pragma: no cover - ingest scores only where a fleet serves
         raise RuntimeError("no fleet to score with")
     records = []
     for item in sent:
-        written = await item.written
-        item.record["features_at"] = {
-            "topic": written.topic,
-            "partition": written.partition,
-            "offset": written.offset,
-        }
+        item.record["features_at"] = {}
         records.append(item.record)
-    await serve_chunk(fleet, records, [item.deadline_ms for item in sent])
+
+    async def locate() -> None:
+        for item in sent:
+            written = await item.written
+            item.record["features_at"].update(
+                topic=written.topic, partition=written.partition, offset=written.offset
+            )
+
+    await serve_chunk(fleet, records, [item.deadline_ms for item in sent], before_send=locate)
     await put_online([item.row for item in sent if item.row is not None])
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -100,10 +101,14 @@ async def score_routed(
 
 
 async def serve_chunk(
-    serving_fleet: ModelFleet, records: list[dict[str, Any]], deadlines: list[int | None]
+    serving_fleet: ModelFleet,
+    records: list[dict[str, Any]],
+    deadlines: list[int | None],
+    before_send: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Score one chunk of feature records as the fleet routes them, watch and explain it,
-    and hand every prediction to the producer."""
+    and hand every prediction to the producer; ``before_send`` is awaited once the chunk
+    is scored, before anything reads or sends its predictions."""
     await serving_fleet.ready.wait()
     serving = serving_fleet.current
     if serving is None:  # pragma: no cover - ready is set only with a serving set
@@ -111,6 +116,8 @@ async def serve_chunk(
     began = time.perf_counter()
     predictions = await score_routed(serving, records, deadlines, now_ms=int(time.time() * 1000))
     scoring_s = time.perf_counter() - began
+    if before_send is not None:
+        await before_send()
     if settings.drift:
         await watch_chunk(serving, records, predictions)
     if settings.explain_share > 0:  # queued for agents.explain; never waits

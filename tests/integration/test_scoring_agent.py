@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from headrace import scenario
-from headrace.kafka_io import Record, collect, produce
+from headrace.kafka_io import Record, collect, produce, read_topic
 from streams.settings import Settings
 from streams.synthetic import VALID, MixSpec, PaymentGenerator
 from tests.integration.conftest import IsolatedRun
@@ -78,6 +78,18 @@ def test_every_valid_event_is_scored(shaped: IsolatedRun) -> None:
     check(predictions, {w for w in wanted if w})
     versions = {p["model"]["version"] for p in predictions}  # type: ignore[index]
     assert len(versions) == 1
+    check_features_at(settings, predictions)
+
+
+def check_features_at(settings: Settings, predictions: list[dict[str, object]]) -> None:
+    """Each prediction points at the features record of its own event."""
+    features = asyncio.run(read_topic(settings.bootstrap_servers, settings.topics.features))
+    event_at = {(r.partition, r.offset): orjson.loads(r.value)["event_id"] for r in features}
+    for prediction in predictions:
+        at = prediction["features_at"]
+        assert isinstance(at, dict)
+        assert at["topic"] == settings.topics.features
+        assert event_at[at["partition"], at["offset"]] == prediction["event_id"]
 
 
 def test_scored_exactly_once_after_dedup_across_a_restart(shaped: IsolatedRun) -> None:

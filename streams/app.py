@@ -12,7 +12,7 @@ import structlog
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.producer import ProducerBuffer
 
-from streams import commits, handoff
+from streams import commits
 from streams.event_loop import loop_name
 from streams.garbage import tune_collector
 from streams.lean_monitor import LeanMonitor
@@ -50,10 +50,6 @@ faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer = _worker_consumer
 # faust counts the messages its streams skip in a rebalance as processed, and commits over
 # a single unacknowledged message: offsets are committed only past processed messages.
 commits.install(faust_aiokafka.Consumer)
-
-# faust hands each fetched message to the streams through four tasks; most messages need
-# none (``streams.handoff``).
-handoff.install(faust_aiokafka.Consumer)
 
 # faust's own table writes (``table[key] = value``) queue their changelog records in its
 # ProducerBuffer; past 100 queued records the stream pauses until 100 are handed to the

@@ -43,6 +43,7 @@ from streams.metrics import METRICS
 from streams.pipeline import ValidationPipeline
 from streams.spec import load_spec
 from streams.table_batch import BatchedTable, current
+from tables import state_codec
 from tables.read_cache import ReadCachedMapping
 from tables.rows import FeatureRow
 
@@ -74,8 +75,13 @@ screen_state = app.Table(
     partitions=settings.partitions,
     options=table_options(),
 )
-entity_states = app.Table(
-    "ingest-entity-states", key_type=str, partitions=settings.partitions, options=table_options()
+# Each entity's windows (``tables.entity_state``), as MessagePack (``tables.state_codec``).
+entity_states = state_codec.state_table(
+    app,
+    "ingest-entity-states",
+    key_type=str,
+    partitions=settings.partitions,
+    options=table_options(),
 )
 # The latest feature row per entity, served by the worker when no Redis is configured.
 latest_features = app.Table(

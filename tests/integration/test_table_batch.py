@@ -1,6 +1,8 @@
 """``BatchedTable`` writes what faust's own table writes would: the same changelog records
 in the same order per partition, the same contents, a persisted offset at the last
-record, and a table recovered from its changelog by a worker with no local state."""
+record, and a table recovered from its changelog by a worker with no local state. A
+table with the entity states' codec (``tables.state_codec``) writes the same records
+with MessagePack values, and recovers as well."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import ormsgpack
 import pytest
 
 from headrace import scenario
@@ -74,6 +77,7 @@ def test_batched_writes_match_faust_and_recover_from_the_changelog(
     changelogs = [
         f"{settings.app_id}-table-batch-plain-changelog",
         f"{settings.app_id}-table-batch-batched-changelog",
+        f"{settings.app_id}-table-batch-packed-changelog",
     ]
     # Created as the worker would: reading one first would let the broker create it with
     # one partition.
@@ -85,7 +89,7 @@ def test_batched_writes_match_faust_and_recover_from_the_changelog(
         collect(
             settings.bootstrap_servers,
             changelogs,
-            until=lambda got: len(got) >= 2 * len(operations),
+            until=lambda got: len(got) >= 3 * len(operations),
             timeout_s=120.0,
         )
     )
@@ -94,9 +98,22 @@ def test_batched_writes_match_faust_and_recover_from_the_changelog(
     assert sum(len(v) for v in batched.values()) == len(operations)
     assert batched == plain  # same records, same partitions, same order
     assert any(value is None for log in batched.values() for _, value in log)  # tombstones
+    # The MessagePack table: the same keys, partitions and order, its values packed.
+    packed = _changelog(isolated, "table-batch-packed", records)
+    assert {p: [k for k, _ in log] for p, log in packed.items()} == {
+        p: [k for k, _ in log] for p, log in plain.items()
+    }
+    for partition, log in packed.items():
+        for (_, packed_value), (_, json_value) in zip(log, plain[partition], strict=True):
+            if json_value is None:
+                assert packed_value is None
+            else:
+                assert packed_value is not None
+                assert packed_value[:1] != b"{"
+                assert ormsgpack.unpackb(packed_value) == orjson.loads(json_value)
 
     dump = _dump(isolated, 0)
-    assert dump["batched"] == dump["plain"] == model
+    assert dump["batched"] == dump["plain"] == dump["packed"] == model
     last = {str(p): len(log) - 1 for p, log in batched.items()}  # fresh topics: from 0
     assert {p: o for p, o in dump["persisted_batched"].items() if o is not None} == last
     assert dump["persisted_batched"] == dump["persisted_plain"]
@@ -106,4 +123,4 @@ def test_batched_writes_match_faust_and_recover_from_the_changelog(
     isolated.env["HEADRACE_DATA_DIR"] = str(tmp_path / "fresh")
     isolated.start_worker("fresh", module=APP)
     recovered = _dump(isolated, 1)
-    assert recovered["batched"] == recovered["plain"] == model
+    assert recovered["batched"] == recovered["plain"] == recovered["packed"] == model

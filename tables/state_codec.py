@@ -7,11 +7,13 @@ most of it in printing some sixty floats as shortest decimal text; as MessagePac
 (ormsgpack) the floats are copied as 8-byte doubles and a state takes about 2 µs, in
 about 670 bytes. A float comes back bit for bit either way.
 
-Decoding takes both: a value that starts with ``{`` is JSON, as written by a worker before
-this codec (a state is a dict, and a dict in MessagePack starts with a map marker, never
-with that byte), so a worker upgraded over an existing changelog or RocksDB store reads
-it. Keys must be strings, as in JSON: ``ormsgpack`` refuses any other key rather than
-change its type on the way back.
+Decoding takes both, so a worker upgraded over a changelog or RocksDB store written as JSON
+by a worker before this codec reads it: a value of two bytes or more that starts with
+``{`` is JSON. In MessagePack that byte is the integer 123, a value one byte long; any
+longer value, a dict above all, starts with another byte.
+
+Keys must be strings, as in JSON: ``ormsgpack`` refuses any other key rather than change
+its type on the way back.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ class StateCodec(codecs.Codec):
         return ormsgpack.packb(obj)
 
     def _loads(self, s: bytes) -> Any:
-        if s and s[0] == _JSON_OBJECT:
+        if len(s) > 1 and s[0] == _JSON_OBJECT:
             return orjson.loads(s)
         return ormsgpack.unpackb(s)
 
@@ -47,8 +49,8 @@ def state_table(app: Any, name: str, **kwargs: Any) -> Any:
     faust takes a table's value codec from its ``value_type`` (a model's own) or else uses
     JSON: a plain dict value has no way to name another. The table's store and changelog
     topic take the codec from the table when they are made (the topic when the table is
-    registered), so it is set between making the table and registering it, as
-    ``app.Table`` does both.
+    registered), and ``app.Table`` makes and registers it in one call: so this makes it,
+    sets the codec, then registers it.
     """
     table = app.conf.Table(app, name=name, beacon=app.tables.beacon, **kwargs)
     table.value_serializer = NAME

@@ -1,6 +1,7 @@
 """The entity-state codec: the states a pipeline builds come back equal, floats bit for
-bit; states written as JSON before it are still read; a key that is not a string is
-refused, not changed."""
+bit; states written as JSON before it are still read; other values round-trip too, the
+integer 123 (the byte that starts a JSON object) among them; a key that is not a string
+is refused, not changed."""
 
 from __future__ import annotations
 
@@ -89,3 +90,13 @@ def test_a_key_that_is_not_a_string_is_refused() -> None:
     codec = codecs.get_codec(state_codec.NAME)
     with pytest.raises(ormsgpack.MsgpackEncodeError):
         codec.dumps({"w": {1: {"x": [1.0]}}})
+
+
+@pytest.mark.parametrize("value", [123, 0, -1, 1.5, "{", "", [], {}, [123, {"a": None}], True])
+def test_other_values_round_trip(value: Any) -> None:
+    codec = codecs.get_codec(state_codec.NAME)
+    assert codec.loads(codec.dumps(value)) == value
+
+
+def test_an_empty_json_object_is_read() -> None:
+    assert codecs.get_codec(state_codec.NAME).loads(b"{}") == {}

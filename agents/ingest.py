@@ -35,7 +35,7 @@ import structlog
 from agents.lifecycle import SCORE_IN_INGEST, fleet
 from agents.score import serve_chunk
 from agents.stores import put_online
-from streams import topics
+from streams import state_codec, topics
 from streams.app import app, settings, table_options
 from streams.codecs import encode_rejection, encode_valid, features_record
 from streams.envelope import Accepted, SourcePosition
@@ -43,7 +43,6 @@ from streams.metrics import METRICS
 from streams.pipeline import ValidationPipeline
 from streams.spec import load_spec
 from streams.table_batch import BatchedTable, current
-from tables import state_codec
 from tables.read_cache import ReadCachedMapping
 from tables.rows import FeatureRow
 
@@ -75,7 +74,7 @@ screen_state = app.Table(
     partitions=settings.partitions,
     options=table_options(),
 )
-# Each entity's windows (``tables.entity_state``), as MessagePack (``tables.state_codec``).
+# Each entity's windows (``tables.entity_state``), as MessagePack (``streams.state_codec``).
 entity_states = state_codec.state_table(
     app,
     "ingest-entity-states",

@@ -1,7 +1,7 @@
 """A worker app for the ``BatchedTable`` test: every operation is applied twice, to a table
 written by faust's own ``table[key] = value`` and to one written through ``BatchedTable``,
 so the test can compare their changelogs, their contents and their recovery; and to a
-third, written through ``BatchedTable`` as MessagePack (``tables.state_codec``), as the
+third, written through ``BatchedTable`` as MessagePack (``streams.state_codec``), as the
 entity states are.
 
 An operation is JSON on ``events.raw``: ``{"op": "set", "key": k, "value": v}``,
@@ -18,11 +18,10 @@ from typing import Any
 import orjson
 from faust.types import TP
 
-from streams import topics
+from streams import state_codec, topics
 from streams.app import app, settings, table_options
 from streams.event_loop import use_event_loop
 from streams.table_batch import BatchedTable, current
-from tables import state_codec
 
 plain = app.Table(
     "table-batch-plain", key_type=str, partitions=settings.partitions, options=table_options()

@@ -1,7 +1,7 @@
 """``BatchedTable`` writes what faust's own table writes would: the same changelog records
 in the same order per partition, the same contents, a persisted offset at the last
 record, and a table recovered from its changelog by a worker with no local state. A
-table with the entity states' codec (``tables.state_codec``) writes the same records
+table with the entity states' codec (``streams.state_codec``) writes the same records
 with MessagePack values, and recovers as well."""
 
 from __future__ import annotations

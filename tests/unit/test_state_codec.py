@@ -14,11 +14,11 @@ import ormsgpack
 import pytest
 from faust.serializers import codecs
 
+from streams import state_codec
 from streams.pipeline import ValidationPipeline
 from streams.settings import Settings
 from streams.spec import load_spec
 from streams.synthetic import MixSpec, PaymentGenerator
-from tables import state_codec
 from tables.entity_state import EntityState
 
 

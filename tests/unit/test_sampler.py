@@ -80,8 +80,9 @@ def test_shares_follow_the_cpu_time_each_function_takes() -> None:
 def test_a_cheap_system_call_is_not_where_the_time_is() -> None:
     """Stopping a process to read its stack lands at system calls on some machines; this
     sampler's samples come from the CPU clock, so a call that takes little time gets
-    few of them."""
-    sampler, measured = sampled(2.0, ("light", light), ("system_call", system_call))
+    few of them. Beside ``heavy``, not ``light``: on a loaded machine the call's own share,
+    timing included, came to 0.104 beside ``light`` (CI, 2026-12-08)."""
+    sampler, measured = sampled(2.0, ("heavy", heavy), ("system_call", system_call))
     assert measured["system_call"] < 0.1
     assert share_of(sampler.folded(), "system_call (") < measured["system_call"] + 0.1
 

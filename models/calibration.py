@@ -50,7 +50,8 @@ def _as_logits(logits: npt.ArrayLike) -> FloatArray:
     return array
 
 
-def _as_labels(labels: npt.ArrayLike, n: int, classes: int) -> IntArray:
+def as_labels(labels: npt.ArrayLike, n: int, classes: int) -> IntArray:
+    """``labels`` as ``n`` class indices in ``[0, classes)``; ValueError otherwise."""
     array = np.asarray(labels)
     if array.shape != (n,) or not np.issubdtype(array.dtype, np.integer):
         raise ValueError(f"labels must be {n} integers, got {array.dtype} {array.shape}")
@@ -80,7 +81,7 @@ def nll(logits: npt.ArrayLike, labels: npt.ArrayLike, temperature: float = 1.0) 
     array = _as_logits(logits)
     if array.ndim != 2 or array.shape[0] == 0:
         raise ValueError(f"logits must have shape (n, classes) with n > 0, got {array.shape}")
-    targets = _as_labels(labels, array.shape[0], array.shape[1])
+    targets = as_labels(labels, array.shape[0], array.shape[1])
     log_probs = log_softmax(array, temperature)
     return float(-log_probs[np.arange(targets.size), targets].mean())
 
@@ -122,7 +123,7 @@ def fit_temperature(
     array = _as_logits(logits)
     if array.ndim != 2 or array.shape[0] == 0:
         raise ValueError(f"logits must have shape (n, classes) with n > 0, got {array.shape}")
-    targets = _as_labels(labels, array.shape[0], array.shape[1])
+    targets = as_labels(labels, array.shape[0], array.shape[1])
     low, high = log_bounds
     if not low < high or tolerance <= 0.0:
         raise ValueError("need log_bounds low < high and a positive tolerance")
@@ -157,7 +158,7 @@ def ensemble_nll(
     every member thinks impossible costs a large finite amount, not infinity.
     """
     array = _as_member_logits(member_logits)
-    targets = _as_labels(labels, array.shape[1], array.shape[2])
+    targets = as_labels(labels, array.shape[1], array.shape[2])
     log_probs = log_softmax(array, temperature)[:, np.arange(targets.size), targets]
     top = log_probs.max(axis=0)
     log_mean = top + np.log(np.exp(log_probs - top).mean(axis=0))
@@ -179,7 +180,7 @@ def fit_ensemble_temperature(
     minimiser beyond the bounds comes back as the nearer end.
     """
     array = _as_member_logits(member_logits)
-    targets = _as_labels(labels, array.shape[1], array.shape[2])
+    targets = as_labels(labels, array.shape[1], array.shape[2])
     low, high = log_bounds
     if not low < high or tolerance <= 0.0 or grid_step <= 0.0:
         raise ValueError("need log_bounds low < high, a positive grid_step and tolerance")
@@ -212,7 +213,7 @@ def expected_calibration_error(
         raise ValueError("probs must be finite")
     if bins < 1:
         raise ValueError("bins must be at least 1")
-    targets = _as_labels(labels, array.shape[0], array.shape[1])
+    targets = as_labels(labels, array.shape[0], array.shape[1])
     confidence = array.max(axis=1)
     correct = (array.argmax(axis=1) == targets).astype(np.float64)
     inner_edges = np.linspace(0.0, 1.0, bins + 1)[1:-1]

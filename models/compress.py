@@ -19,7 +19,6 @@ ONNX Runtime backend serves it unchanged as a one-member ensemble.
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,7 @@ from onnx import numpy_helper
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from torch import nn
 
-from models.export import INPUT, OPSET, OUTPUT
+from models.export import export_onnx
 from models.network import Ensemble
 
 STUDENT_BATCH_SIZE = 256
@@ -214,22 +213,4 @@ def distill_student(
 
 def export_student_onnx(student: Student, path: Path, n_features: int) -> Path:
     """The student as a one-member ensemble graph: ``features`` -> ``member_probs`` (1, b, c)."""
-    student.eval()
-    example = torch.zeros(2, n_features, dtype=torch.float32)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        # The TorchScript exporter is the one that needs no extra package (the dynamo
-        # exporter needs onnxscript); torch announces its retirement on every call.
-        warnings.simplefilter("ignore", category=DeprecationWarning)
-        warnings.simplefilter("ignore", category=FutureWarning)
-        torch.onnx.export(
-            student,
-            (example,),
-            str(path),
-            input_names=[INPUT],
-            output_names=[OUTPUT],
-            dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {1: "batch"}},
-            opset_version=OPSET,
-            dynamo=False,
-        )
-    return path
+    return export_onnx(student, path, n_features)

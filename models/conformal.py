@@ -44,6 +44,8 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from models.calibration import as_labels
+
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
@@ -60,15 +62,6 @@ def _as_probs(probs: npt.ArrayLike) -> FloatArray:
     if not np.all(np.isfinite(array)) or np.any(array < 0.0):
         raise ValueError("probs must be finite and non-negative")
     return array
-
-
-def _as_labels(labels: npt.ArrayLike, n: int, classes: int) -> IntArray:
-    array = np.asarray(labels)
-    if array.shape != (n,) or not np.issubdtype(array.dtype, np.integer):
-        raise ValueError(f"labels must be {n} integers, got {array.dtype} {array.shape}")
-    if n and (array.min() < 0 or array.max() >= classes):
-        raise ValueError(f"labels must lie in [0, {classes})")
-    return array.astype(np.int64)
 
 
 def _method(value: object) -> ScoreMethod:
@@ -106,7 +99,7 @@ def _mass_ranked_before(probs: FloatArray) -> FloatArray:
 def lac_scores(probs: npt.ArrayLike, labels: npt.ArrayLike) -> FloatArray:
     """1 - p_y for each example."""
     array = _as_probs(probs)
-    targets = _as_labels(labels, *array.shape)
+    targets = as_labels(labels, *array.shape)
     scores: FloatArray = 1.0 - array[np.arange(targets.size), targets]
     return scores
 
@@ -120,7 +113,7 @@ def aps_scores(
 ) -> FloatArray:
     """Mass ranked strictly above y, plus u * p_y with u ~ U(0, 1) when randomised."""
     array = _as_probs(probs)
-    targets = _as_labels(labels, *array.shape)
+    targets = as_labels(labels, *array.shape)
     rows = np.arange(targets.size)
     before = _mass_ranked_before(array)[rows, targets]
     if not randomised:
@@ -310,7 +303,7 @@ def empirical_coverage(sets_mask: npt.ArrayLike, labels: npt.ArrayLike) -> float
     mask = np.asarray(sets_mask)
     if mask.dtype != np.bool_ or mask.ndim != 2 or mask.shape[0] == 0:
         raise ValueError(f"sets_mask must be a non-empty boolean (n, classes), got {mask.shape}")
-    targets = _as_labels(labels, *mask.shape)
+    targets = as_labels(labels, *mask.shape)
     return float(mask[np.arange(targets.size), targets].mean())
 
 

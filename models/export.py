@@ -8,15 +8,15 @@ from pathlib import Path
 
 import torch
 
-from models.network import Ensemble
-
 ONNX_FILE_NAME = "model.onnx"
 INPUT = "features"
 OUTPUT = "member_probs"
 OPSET = 17
 
 
-def export_onnx(model: Ensemble, path: Path, n_features: int) -> Path:
+def export_onnx(model: torch.nn.Module, path: Path, n_features: int) -> Path:
+    """``model`` (an ``Ensemble``, or any module that maps a batch to
+    ``(members, batch, classes)``) as the graph above, at ``path``."""
     model.eval()
     example = torch.zeros(2, n_features, dtype=torch.float32)
     path.parent.mkdir(parents=True, exist_ok=True)

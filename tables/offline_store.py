@@ -30,7 +30,7 @@ import itertools
 import re
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final, NamedTuple, Protocol
 
@@ -50,6 +50,7 @@ __all__ = [
     "ParquetOfflineStore",
     "partition_of",
     "rows_to_table",
+    "tables_by_version",
 ]
 
 MS_PER_HOUR: Final = 3_600_000
@@ -112,22 +113,43 @@ class ParquetOfflineStore:
         Raises ValueError, before writing anything, when the writer id is not a plain name or
         rows of one version name different features (or the same ones in another order).
         """
+        return self.append_tables(tables_by_version(rows).values(), writer_id=writer_id)
+
+    def append_tables(self, tables: Iterable[pa.Table], *, writer_id: str = "w") -> list[str]:
+        """``append`` for rows already made into tables (``tables_by_version``), a slice
+        at a time: the tables of one version are written together, in the order given.
+
+        What takes the interpreter's lock (decoding, building the columns) is then done
+        by the caller in slices, between which other work gets a turn; what is left here
+        (joining the slices, splitting by hour, Parquet, the upload) runs mostly outside it.
+
+        Raises ValueError, before writing anything, when the writer id is not a plain name
+        or tables of one version name different features (or the same ones in another order).
+        """
         if not _WRITER_ID.fullmatch(writer_id):
             raise ValueError(f"writer_id must match {_WRITER_ID.pattern}, not {writer_id!r}")
-        by_version: dict[str, list[FeatureRow]] = {}
-        for row in rows:
-            by_version.setdefault(row.feature_version, []).append(row)
-        tables: dict[_Group, pa.Table] = {}
-        for version, version_rows in by_version.items():
-            table = rows_to_table(version_rows)  # checks the features before any write
+        by_version: dict[str, list[pa.Table]] = {}
+        for table in tables:
+            if table.num_rows:
+                by_version.setdefault(table["feature_version"][0].as_py(), []).append(table)
+        groups: dict[_Group, pa.Table] = {}
+        for version, parts in by_version.items():
+            names = parts[0].column_names
+            for part in parts[1:]:
+                if part.column_names != names:
+                    raise ValueError(
+                        f"rows of feature version {version!r} name different features: "
+                        f"{names[len(BASE_SCHEMA) :]} and {part.column_names[len(BASE_SCHEMA) :]}"
+                    )
+            table = pa.concat_tables(parts).combine_chunks()
             hours = table["event_time"].to_numpy() // MS_PER_HOUR
             for hour in np.unique(hours).tolist():
-                tables[_Group(hour, version)] = table.filter(pa.array(hours == hour))
-        if not tables:
+                groups[_Group(hour, version)] = table.filter(pa.array(hours == hour))
+        if not groups:
             return []
         self._ensure_root()
         paths = []
-        for key, table in sorted(tables.items()):
+        for key, table in sorted(groups.items()):
             path = self._new_path(key.hour, writer_id)
             self._put(path, _parquet_bytes(table))
             paths.append(path)
@@ -255,6 +277,15 @@ class OfflineWriter:
         paths = self.store.append(self._rows, writer_id=self.writer_id)
         self._rows = []
         return paths
+
+
+def tables_by_version(rows: Sequence[FeatureRow]) -> dict[str, pa.Table]:
+    """The rows as one table per feature version (``rows_to_table``), in order of first
+    appearance; ValueError when rows of one version name different features."""
+    by_version: dict[str, list[FeatureRow]] = {}
+    for row in rows:
+        by_version.setdefault(row.feature_version, []).append(row)
+    return {version: rows_to_table(version_rows) for version, version_rows in by_version.items()}
 
 
 def rows_to_table(rows: Sequence[FeatureRow]) -> pa.Table:

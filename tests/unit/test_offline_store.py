@@ -14,7 +14,13 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from tables.offline_store import BASE_SCHEMA, OfflineWriter, ParquetOfflineStore, partition_of
+from tables.offline_store import (
+    BASE_SCHEMA,
+    OfflineWriter,
+    ParquetOfflineStore,
+    partition_of,
+    tables_by_version,
+)
 from tables.point_in_time import build_training_set
 from tables.rows import FeatureRow
 
@@ -112,6 +118,44 @@ class OfflineStoreContract:
     def test_an_empty_append_writes_nothing(self) -> None:
         store = self.create_store()
         assert store.append([]) == []
+        assert store.files() == []
+
+    def test_rows_appended_as_tables_a_slice_at_a_time_read_as_appended_at_once(self) -> None:
+        rows = [
+            make_row(f"card-{i % 3}", MIDNIGHT - HOUR + i * 600_000, {"a": float(i), "b": None})
+            for i in range(12)
+        ]
+        rows[5] = make_row("card-9", MIDNIGHT + 1, {"c": 5.0}, version="v2")
+        store = self.create_store()
+        tables = [
+            table
+            for start in range(0, len(rows), 5)
+            for table in tables_by_version(rows[start : start + 5]).values()
+        ]
+        assert len(tables) == 4  # the first slice holds both versions
+        paths = store.append_tables(tables)
+        # One file per (hour, version), as one call of append writes them: slices are joined.
+        assert self.partitions(store, paths) == [
+            "date=2025-12-31/hour=23",
+            "date=2026-01-01/hour=00",
+            "date=2026-01-01/hour=00",
+        ]
+        old = [row for row in rows if row.feature_version == "v1"]
+        assert store.read(feature_version="v1").to_pylist() == in_store_order(old)
+        assert store.read(feature_version="v2").to_pylist() == [as_record(rows[5])]
+
+    def test_slices_of_one_version_must_name_the_same_features(self) -> None:
+        store = self.create_store()
+        first = tables_by_version([make_row("card-1", MIDNIGHT, {"a": 1.0, "b": 2.0})])
+        second = tables_by_version([make_row("card-2", MIDNIGHT, {"b": 2.0, "a": 1.0})])
+        with pytest.raises(ValueError, match="name different features"):
+            store.append_tables([*first.values(), *second.values()])
+        assert store.files() == []
+
+    def test_empty_tables_write_nothing(self) -> None:
+        store = self.create_store()
+        assert store.append_tables([]) == []
+        assert store.append_tables(tables_by_version([]).values()) == []
         assert store.files() == []
 
     def test_none_values_survive_even_a_column_of_none(self) -> None:
@@ -315,6 +359,9 @@ class TestLocalOfflineStore(OfflineStoreContract):
     def test_writer_ids_are_plain_names(self, writer_id: str) -> None:
         with pytest.raises(ValueError, match="writer_id"):
             self.create_store().append([make_row("card-1", MIDNIGHT)], writer_id=writer_id)
+        tables = tables_by_version([make_row("card-1", MIDNIGHT)]).values()
+        with pytest.raises(ValueError, match="writer_id"):
+            self.create_store().append_tables(tables, writer_id=writer_id)
 
     def test_the_writer_flushes_at_max_rows_and_on_demand(self) -> None:
         store = self.create_store()

@@ -545,9 +545,40 @@ async def _drain(
     }
 
 
+@dataclass(frozen=True)
+class PacedRound:
+    """One paced rate's sends and outputs: request id -> epoch ms."""
+
+    rate: int
+    sent_ms: dict[str, int]  # handed to the producer
+    created_ms: dict[str, int]  # the prediction's Kafka timestamp
+    received_ms: dict[str, int]  # the prediction read by the collector
+    window: tuple[int, int]  # the sends measured: warm-up left out, [from, to)
+
+
 def latency_phase(
     config: E2eConfig, scratch: Path, model_dir: Path, stream: list[Payment]
 ) -> dict[str, Any]:
+    figures: dict[str, Any] = {}
+    for paced in paced_rounds(config, scratch, model_dir, stream):
+        created = latency_summary(
+            paced.sent_ms, paced.created_ms, from_ms=paced.window[0], to_ms=paced.window[1]
+        )
+        received = latency_summary(
+            paced.sent_ms, paced.received_ms, from_ms=paced.window[0], to_ms=paced.window[1]
+        )
+        figures.update(_latency_figures(paced.rate, created, received))
+        say(
+            f"at {paced.rate:,}/s: p50 {created.p50_ms} ms, p99 {created.p99_ms} ms, "
+            f"{created.achieved_per_s:,}/s, {created.matched}/{created.sent} delivered"
+        )
+    return figures
+
+
+def paced_rounds(
+    config: E2eConfig, scratch: Path, model_dir: Path, stream: list[Payment]
+) -> list[PacedRound]:
+    """A fresh worker, ready and settled, offered ``stream`` at each of ``config.rates``."""
     env = worker_env(scratch, model_dir, downstream=False)
     settings = Settings.from_env({**os.environ, **env})
     asyncio.run(scenario.prepare_topics(settings))
@@ -569,12 +600,12 @@ def latency_phase(
 
 async def _paced_runs(
     config: E2eConfig, settings: Settings, stream: list[Payment]
-) -> dict[str, Any]:
+) -> list[PacedRound]:
     collector = PredictionCollector(
         settings.bootstrap_servers, settings.topics.predictions, settings.partitions
     )
     await collector.start()
-    figures: dict[str, Any] = {}
+    rounds = []
     offset = 0
     try:
         for rate in config.rates:
@@ -587,20 +618,14 @@ async def _paced_runs(
             ended_ms = int(time.time() * 1000)
             await collector.wait_for(offset, timeout_s=max(10.0, config.paced_s))
             window = (started_ms + int(config.warmup_s * 1000), ended_ms)
-            created = latency_summary(
-                sent, collector.created_ms, from_ms=window[0], to_ms=window[1]
-            )
-            received = latency_summary(
-                sent, collector.received_ms, from_ms=window[0], to_ms=window[1]
-            )
-            figures.update(_latency_figures(rate, created, received))
-            say(
-                f"at {rate:,}/s: p50 {created.p50_ms} ms, p99 {created.p99_ms} ms, "
-                f"{created.achieved_per_s:,}/s, {created.matched}/{created.sent} delivered"
+            rounds.append(
+                PacedRound(
+                    rate, sent, dict(collector.created_ms), dict(collector.received_ms), window
+                )
             )
     finally:
         await collector.stop()
-    return figures
+    return rounds
 
 
 def _latency_figures(

@@ -89,6 +89,28 @@ def latency_summary(
     )
 
 
+def slowest_by_interval(
+    sent_ms: Mapping[str, int],
+    out_ms: Mapping[str, int],
+    *,
+    from_ms: int,
+    to_ms: int,
+    interval_ms: int = 250,
+) -> list[tuple[int, int]]:
+    """The slowest latency among the sends of each ``interval_ms`` of ``[from_ms, to_ms)``
+    that had an output, as (the interval's start after ``from_ms``, latency), in time
+    order: where the tail of a run comes from (a stall every few seconds shows as a
+    regular train of slow intervals)."""
+    if interval_ms <= 0:
+        raise ValueError(f"interval_ms must be positive, got {interval_ms}")
+    slowest: dict[int, int] = {}
+    for key, at in sent_ms.items():
+        if from_ms <= at < to_ms and key in out_ms:
+            start = (at - from_ms) // interval_ms * interval_ms
+            slowest[start] = max(slowest.get(start, out_ms[key] - at), out_ms[key] - at)
+    return sorted(slowest.items())
+
+
 def due_count(elapsed_s: float, rate: float, total: int) -> int:
     """How many sends a paced producer should have made ``elapsed_s`` into its run."""
     if elapsed_s <= 0:

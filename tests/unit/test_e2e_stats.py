@@ -13,6 +13,7 @@ from bench.e2e_stats import (
     due_count,
     latency_summary,
     percentile,
+    slowest_by_interval,
     steady_rate,
 )
 
@@ -110,3 +111,21 @@ def test_the_baseline_is_the_mean_of_the_drains_either_side_of_the_worker() -> N
         "baseline_runs_events_per_s": [4_155, 3_172],
         "baseline_runs_cpu_us_per_event": [257, 320],
     }
+
+
+def test_the_slowest_of_each_interval_in_time_order() -> None:
+    sent = {"a": 1_000, "b": 1_100, "c": 1_300, "d": 1_999, "e": 2_600, "f": 900, "g": 1_050}
+    out = {"a": 1_020, "b": 1_190, "c": 1_310, "d": 2_004, "e": 2_640, "f": 2_000}
+    # "f" was sent before the window and "g" has no output: neither counts.
+    assert slowest_by_interval(sent, out, from_ms=1_000, to_ms=2_600) == [
+        (0, 90),
+        (250, 10),
+        (750, 5),
+    ]
+    assert slowest_by_interval(sent, out, from_ms=1_000, to_ms=3_000, interval_ms=1_000) == [
+        (0, 90),
+        (1_000, 40),
+    ]
+    assert slowest_by_interval({}, {}, from_ms=0, to_ms=10) == []
+    with pytest.raises(ValueError, match="interval_ms"):
+        slowest_by_interval(sent, out, from_ms=0, to_ms=10, interval_ms=0)

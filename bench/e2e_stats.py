@@ -56,6 +56,7 @@ class LatencySummary:
     p50_ms: float | None
     p99_ms: float | None
     max_ms: float | None
+    p999_ms: float | None
     achieved_per_s: float  # matched outputs per second of the window's span
 
     @property
@@ -76,7 +77,7 @@ def latency_summary(
     window = [(key, at) for key, at in sent_ms.items() if from_ms <= at < to_ms]
     latencies = [out_ms[key] - at for key, at in window if key in out_ms]
     if not latencies:
-        return LatencySummary(0, len(window), None, None, None, 0.0)
+        return LatencySummary(0, len(window), None, None, None, None, 0.0)
     outputs = [out_ms[key] for key, _ in window if key in out_ms]
     span_ms = max(max(outputs) - min(outputs), 1)
     return LatencySummary(
@@ -85,6 +86,7 @@ def latency_summary(
         p50_ms=round(percentile(latencies, 50), 1),
         p99_ms=round(percentile(latencies, 99), 1),
         max_ms=float(max(latencies)),
+        p999_ms=round(percentile(latencies, 99.9), 1),
         achieved_per_s=round(len(latencies) * 1000.0 / span_ms, 1),
     )
 

@@ -72,12 +72,13 @@ def test_latency_summary_matches_by_id_inside_the_window() -> None:
     latencies = [5 + (i % 10) for i in range(20, 99)]
     assert summary.p50_ms == pytest.approx(round(float(np.percentile(latencies, 50)), 1))
     assert summary.p99_ms == pytest.approx(round(float(np.percentile(latencies, 99)), 1))
+    assert summary.p999_ms == pytest.approx(round(float(np.percentile(latencies, 99.9)), 1))
     assert summary.max_ms == 14.0
 
 
 def test_latency_summary_with_nothing_delivered() -> None:
     summary = latency_summary({"a": 10}, {}, from_ms=0, to_ms=100)
-    assert (summary.matched, summary.sent, summary.p99_ms) == (0, 1, None)
+    assert (summary.matched, summary.sent, summary.p99_ms, summary.p999_ms) == (0, 1, None, None)
     assert summary.delivered_fraction == 0.0
 
 
